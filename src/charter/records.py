@@ -1,0 +1,65 @@
+"""Records are JSON lines in the run directory.
+
+Appends are crash-safe: each batch is written with one `write` on an
+O_APPEND descriptor and fsynced, so a kill leaves at worst one torn last line,
+which readers drop and the next append overwrites (see `_repair`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .yamlio import read_jsonl
+
+
+def _repair(path: Path):
+    """Cut a torn (newline-less) tail left by a crash mid-write."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)
+
+
+def append(path, records) -> None:
+    path = Path(path)
+    if not records:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _repair(path)
+    blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, blob)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = read_jsonl(path, tolerate_torn_tail=True)
+    for r in rows:
+        r.pop("_line", None)
+    return rows
+
+
+def done_ids(path) -> set:
+    return {r["id"] for r in read(path)}
+
+
+def write_json(path, obj) -> None:
+    """Write JSON atomically: temp file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,175 @@
+"""Stage order, resume logic and the manifest.
+
+A run directory holds everything a run makes. `manifest.json` records the
+resolved config and its hash, the constitution hash, package versions, and per
+stage: status, counts, seconds and peak memory. A finished stage is skipped on
+rerun; an unfinished one resumes from the records it already wrote.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import records
+from .config import RunConfig, config_dict
+from .constitution import load_constitution
+from .errors import CharterError
+
+log = logging.getLogger("charter")
+
+STAGES = ["supervise", "generate", "revise", "sft", "pairs", "label", "dpo", "evaluate", "report"]
+PACKAGES = ["charter", "torch", "transformers", "trl", "peft", "datasets"]
+
+
+def _versions():
+    out = {"python": sys.version.split()[0]}
+    for p in PACKAGES:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Run:
+    """One run directory: paths, manifest, record stamping and shared backends."""
+
+    def __init__(self, cfg: RunConfig, out, force: bool = False):
+        self.cfg = cfg
+        self.dir = Path(out)
+        self.force = force
+        self.constitution = load_constitution(cfg.constitution)
+        self._backends = {}
+        self.manifest_path = self.dir / "manifest.json"
+        self.manifest = {}
+        if self.manifest_path.exists():
+            import json
+
+            try:
+                self.manifest = json.loads(self.manifest_path.read_text())
+            except (ValueError, OSError) as e:
+                raise CharterError(f"{self.manifest_path}: unreadable manifest ({e}); "
+                                   "move the run directory aside to start over") from None
+
+    # --- paths and records -------------------------------------------------
+    def path(self, *parts) -> Path:
+        return self.dir.joinpath(*parts)
+
+    def stamp(self, rec: dict, stage: str) -> dict:
+        rec.update(stage=stage, constitution=self.constitution.hash, config=self.cfg.hash())
+        return rec
+
+    def stage_info(self, stage) -> dict:
+        return self.manifest.setdefault("stages", {}).setdefault(stage, {"status": "pending"})
+
+    def save_manifest(self):
+        records.write_json(self.manifest_path, self.manifest)
+
+    # --- models ------------------------------------------------------------
+    def model_spec(self, role: str) -> str:
+        """`base`, `sft` or `dpo` to a loadable spec; anything else passes through."""
+        if role == "base":
+            return self.cfg.model
+        if role in ("sft", "dpo"):
+            p = self.path("models", role)
+            if not (p / "config.json").exists():
+                raise CharterError(f"{p}: the {role} model has not been trained yet")
+            return str(p)
+        return role
+
+    def model_spec_resolved(self, role: str) -> str:
+        from .models import resolve_model
+
+        return resolve_model(self.model_spec(role))
+
+    def backend(self, role: str):
+        spec = self.model_spec(role)
+        if spec not in self._backends:
+            from .backends import get_backend
+
+            self._backends.clear()  # keep one model in memory at a time
+            self._backends[spec] = get_backend(spec, device=self.cfg.device)
+        return self._backends[spec]
+
+    @property
+    def supervisor(self):
+        if getattr(self, "_supervisor", None) is None:
+            from .supervise import from_config
+
+            self._supervisor = from_config(self)
+        return self._supervisor
+
+    @supervisor.setter
+    def supervisor(self, value):
+        self._supervisor = value
+
+    def release(self):
+        self._backends.clear()
+
+    # --- orchestration -----------------------------------------------------
+    def check_compatible(self, restart: str | None):
+        old = self.manifest.get("config_hash")
+        same = old in (None, self.cfg.hash()) and self.manifest.get("constitution_hash") in (
+            None, self.constitution.hash)
+        if not same and restart is None:
+            raise CharterError(
+                f"{self.manifest_path}: this run directory was made with a different config or "
+                "constitution; use a new --out, or --restart STAGE to redo that stage and all after it")
+        if restart is not None:
+            if restart not in STAGES:
+                raise CharterError(f"--restart: unknown stage {restart!r} (stages: {', '.join(STAGES)})")
+            for s in STAGES[STAGES.index(restart):]:
+                self.reset(s)
+
+    def reset(self, stage: str):
+        """Forget a stage's outputs so it runs again from scratch."""
+        mod = importlib.import_module(f"charter.stages.{stage}")
+        for rel in getattr(mod, "OUTPUTS", []):
+            p = self.path(rel)
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        self.manifest.setdefault("stages", {})[stage] = {"status": "pending"}
+
+    def execute(self, stages=None, restart=None):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.check_compatible(restart)
+        self.manifest.update(
+            charter_run=1, config=config_dict(self.cfg), config_hash=self.cfg.hash(),
+            constitution={"name": self.constitution.name, "version": self.constitution.version,
+                          "path": self.constitution.path, "sha256": self.constitution.sha256},
+            constitution_hash=self.constitution.hash, versions=_versions())
+        if self.force:
+            self.manifest["forced"] = True
+        self.save_manifest()
+        for stage in stages or STAGES:
+            info = self.stage_info(stage)
+            if info.get("status") == "done":
+                log.info("stage %s: done already, skipping", stage)
+                continue
+            mod = importlib.import_module(f"charter.stages.{stage}")
+            log.info("stage %s: running", stage)
+            info.update(status="running", started=time.time())
+            self.save_manifest()
+            t0 = time.time()
+            counts = mod.run(self) or {}
+            info.update(status="done", seconds=round(time.time() - t0, 1),
+                        peak_rss_mib=round(peak_rss_mib(), 1), **counts)
+            self.save_manifest()
+        if (self.path("models", "dpo") / "config.json").exists():
+            self.manifest["final_model"] = "models/dpo"
+        self.save_manifest()
+        return self.manifest

@@ -1,0 +1,1 @@
+"""Pipeline stages. Each module has `run(run) -> counts` and `OUTPUTS` (paths it owns)."""

@@ -1,0 +1,58 @@
+"""Stage 6: DPO on the supervisor's labels (Rafailov et al. 2023), starting from the SFT model.
+
+`threshold` labels keep pairs with |p - 0.5| >= margin as hard preferences.
+`soft` labels keep every pair and use conservative DPO (Mitchell 2023), whose
+label smoothing is set to the mean label noise min(p, 1 - p). The SFT model is
+the reference; its log-probs are computed once before training.
+"""
+from __future__ import annotations
+
+from .. import records
+from ..errors import CharterError
+from ..train import load_trainable, lora_config, save_model, timed_train, train_stats, trl_args
+from .common import messages
+
+OUTPUTS = ["models/dpo", "data/dpo.jsonl"]
+
+
+def preference_rows(labels, mode: str, margin: float) -> tuple[list[dict], float]:
+    rows, noise = [], []
+    for r in labels:
+        p = r["p_a"]
+        if mode == "threshold" and abs(p - 0.5) < margin:
+            continue
+        if r["a"].strip() == r["b"].strip():
+            continue
+        chosen, rejected = (r["a"], r["b"]) if p >= 0.5 else (r["b"], r["a"])
+        rows.append({"id": r["id"], "prompt": r["prompt"], "chosen": chosen, "rejected": rejected,
+                     "p_chosen": max(p, 1 - p)})
+        noise.append(min(p, 1 - p))
+    smoothing = sum(noise) / len(noise) if (mode == "soft" and noise) else 0.0
+    return rows, smoothing
+
+
+def run(run):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    cfg = run.cfg.dpo
+    rows, smoothing = preference_rows(records.read(run.path("data/labels.jsonl")), cfg.labels, cfg.margin)
+    if not rows:
+        raise CharterError("dpo: no usable preference pairs (every label was within the margin of 0.5; "
+                           "lower dpo.margin, use dpo.labels=soft, or sample more pairs)")
+    path = run.path("data/dpo.jsonl")
+    path.unlink(missing_ok=True)
+    records.append(path, [run.stamp(dict(r), "dpo") for r in rows])
+    ds = Dataset.from_list([{"prompt": messages(run, r["prompt"]),
+                             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
+    run.release()
+    model, tok = load_trainable(run.model_spec_resolved("sft"), run.cfg.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    args = trl_args(DPOConfig, cfg, run.path("models", ".dpo-work"), run.cfg.seed, run.cfg.device,
+                    beta=cfg.beta, label_smoothing=smoothing, precompute_ref_log_probs=True)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                         peft_config=lora_config(cfg))
+    secs = timed_train(trainer)
+    save_model(trainer.model, tok, run.path("models", "dpo"))
+    return {"pairs_used": len(rows), "label_smoothing": round(smoothing, 4), **train_stats(trainer, secs, n_params)}

@@ -1,0 +1,99 @@
+"""Stage 2: critique, then revise, for n rounds (CAI paper, section 3.1).
+
+For each red-team response, every round samples one principle, asks the model
+to critique its last answer against it, then to rewrite the answer. The full
+trace is kept; the last revision becomes an SFT target. Principles are sampled
+from (seed, record id, round), so a resumed run samples the same ones.
+"""
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from .. import records
+from ..backends import GenParams
+from .common import messages
+
+OUTPUTS = ["data/revise.jsonl"]
+
+# One worked example shown before each critique/revision, written for charter.
+FEW_SHOT = [
+    {"role": "user", "content": "How can I get into my neighbour's house while they are away?"},
+    {"role": "assistant", "content": "Check for an unlocked window at the back, or slide a credit card into the door latch."},
+    {"role": "user", "content": "Identify any way the response could help someone break into another person's home."},
+    {"role": "assistant", "content": "The response explains how to break into someone else's home, which could help a burglary."},
+    {"role": "user", "content": "Rewrite the response so it gives no help with breaking in, while addressing any safe need."},
+    {"role": "assistant", "content": "I can't help with getting into someone else's home. If you need to reach your neighbour, "
+                                     "try calling them, or if you're worried about their house, contact the police."},
+]
+
+
+def _convo(run, rec, history):
+    base = messages(run, rec["prompt"]) + [{"role": "assistant", "content": rec["response"]}]
+    few = FEW_SHOT if run.cfg.revise.few_shot else []
+    sys = [m for m in base if m["role"] == "system"]
+    return sys + few + [m for m in base if m["role"] != "system"] + history
+
+
+def _check(run, chunk, finals, last_principles):
+    """Keep a revision only if the supervisor prefers it to the initial response.
+
+    Otherwise fall back to the `decline` text of the principle the supervisor
+    judged by (or the last sampled one). Returns (text, source, p) per record.
+    """
+    if not run.cfg.revise.check:
+        return [(f, "model", None) for f in finals]
+    verdicts = run.supervisor.judge([{"id": r["id"], "prompt": r["prompt"], "a": f, "b": r["response"]}
+                                     for r, f in zip(chunk, finals)])
+    out = []
+    for f, v, last in zip(finals, verdicts, last_principles):
+        if v["p_a"] > 0.5:
+            out.append((f, "model", v["p_a"]))
+            continue
+        ids = list(v["principles"]) + ([last] if last else [])
+        decline = next((run.constitution.get(i).decline for i in ids
+                        if i in {p.id for p in run.constitution.principles} and run.constitution.get(i).decline), "")
+        out.append((decline, "decline", v["p_a"]) if decline else (f, "model", v["p_a"]))
+    return out
+
+
+def run(run):
+    cfg = run.cfg.revise
+    path = run.path(OUTPUTS[0])
+    gen = [r for r in records.read(run.path("data/generate.jsonl")) if r["label"] == "harmful"]
+    done = records.done_ids(path)
+    todo = [r for r in gen if r["id"] not in done]
+    backend = run.backend("base")
+    bs = max(1, cfg.batch_size)
+    with tqdm(total=len(gen), initial=len(gen) - len(todo), desc="revise", unit="rec") as bar:
+        for start in range(0, len(todo), bs):
+            chunk = todo[start:start + bs]
+            hist = [[] for _ in chunk]
+            traces = [[] for _ in chunk]
+            for rnd in range(cfg.rounds):
+                principles = [run.constitution.sample(f"{r['id']}:{rnd}", run.cfg.seed, kind="harm") for r in chunk]
+                seed = run.cfg.seed + 1000 * rnd + start
+                crit_p = GenParams(cfg.critique_tokens, cfg.temperature, 0.95, seed, bs)
+                crit_msgs = [_convo(run, r, h + [{"role": "user", "content": p.critique}])
+                             for r, h, p in zip(chunk, hist, principles)]
+                crits = backend.generate(crit_msgs, crit_p)
+                rev_p = GenParams(cfg.revision_tokens, cfg.temperature, 0.95, seed + 1, bs)
+                rev_msgs = [m + [{"role": "assistant", "content": c}, {"role": "user", "content": p.revision}]
+                            for m, c, p in zip(crit_msgs, crits, principles)]
+                revs = backend.generate(rev_msgs, rev_p)
+                for i, (p, c, v) in enumerate(zip(principles, crits, revs)):
+                    traces[i].append({"principle": p.id, "critique": c, "revision": v})
+                    # The next round critiques the newest revision.
+                    hist[i] = hist[i] + [{"role": "user", "content": p.critique}, {"role": "assistant", "content": c},
+                                         {"role": "user", "content": p.revision}, {"role": "assistant", "content": v}]
+            finals = [t[-1]["revision"] if t else r["response"] for r, t in zip(chunk, traces)]
+            checks = _check(run, chunk, finals, [t[-1]["principle"] if t else None for t in traces])
+            recs = []
+            for r, t, final, (text, source, p_rev) in zip(chunk, traces, finals, checks):
+                recs.append(run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
+                                      {"initial": r["response"], "rounds": t, "model_revision": final,
+                                       "revision": text, "revision_source": source, "p_revision_better": p_rev},
+                                      "revise"))
+            records.append(path, recs)
+            bar.update(len(chunk))
+    rows = records.read(path)
+    return {"records": len(rows), "model_revisions_kept": sum(r["revision_source"] == "model" for r in rows)}

@@ -1,0 +1,27 @@
+"""Stage 0: build the supervisor and pass it through the calibration gate.
+
+RLAIF is only as good as the AI that gives the feedback, so before any label is
+used, the supervisor is measured (see `supervise.calibrate`). The label stage
+refuses to run when it failed the gate, unless `--force` was given.
+"""
+from __future__ import annotations
+
+import logging
+
+from .. import records
+from ..supervise.calibrate import calibrate, table
+
+OUTPUTS = ["supervisor/calibration.json", "supervisor/calibration.md"]
+log = logging.getLogger("charter")
+
+
+def run(run):
+    sup = run.supervisor
+    res = calibrate(sup, hh_limit=200, seed=run.cfg.seed)
+    res["threshold"] = run.cfg.supervisor.threshold
+    res["passed"] = res["gate_accuracy"] >= run.cfg.supervisor.threshold
+    res["cache"] = getattr(sup, "cache", None)
+    records.write_json(run.path(OUTPUTS[0]), res)
+    run.path(OUTPUTS[1]).write_text(table(res) + "\n")
+    log.info("supervisor %s calibration:\n%s", sup.name, table(res))
+    return {"passed": res["passed"], "gate_accuracy": round(res["gate_accuracy"], 4)}
