@@ -122,7 +122,7 @@ class SupervisorConfig:
     """LLM judge: reason step by step first, then clamp the label to 40-60% (CAI paper, 4.1)."""
     threshold: float = 0.9
     """Calibration gate: minimum accuracy on the dev contrast pairs before labels are used."""
-    epochs: int = 6
+    epochs: int = 10
     """Classifier: training epochs for its request-harm head."""
     encoder: str = "embedded:minilm"
     """Classifier: text encoder (`embedded:minilm` = all-MiniLM-L6-v2 from its PyPI package, or a hub id/folder)."""

@@ -17,7 +17,7 @@ def default_pool_rows(seed=0):
     return [r for name in ("redteam", "helpful", "lookalike") for r in load_pool(name, getattr(pools, name), seed)]
 
 
-def get_supervisor(spec: str, constitution=None, pool_rows=None, device="auto", seed=0, epochs=6,
+def get_supervisor(spec: str, constitution=None, pool_rows=None, device="auto", seed=0, epochs=10,
                    encoder="embedded:minilm"):
     from ..constitution import load_constitution
 

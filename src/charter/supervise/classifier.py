@@ -70,23 +70,19 @@ class HarmClassifier(torch.nn.Module):
             out += torch.sigmoid(self(texts[i:i + batch_size])).tolist()
         return out
 
-    def fit(self, texts, labels, epochs=6, batch_size=16, seed=0):
+    def fit(self, texts, labels, epochs=10, batch_size=16, seed=0):
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         opt = torch.optim.AdamW([{"params": self.enc.parameters(), "lr": 5e-5},
                                  {"params": self.head.parameters(), "lr": 2e-3}], weight_decay=0.01)
         y = torch.tensor(labels, dtype=torch.float32)
-        # Balance classes: harmful and benign requests weigh the same in total.
-        pos = max(1.0, float(y.sum()))
-        neg = max(1.0, float(len(y) - y.sum()))
         self.train()
         for _ in tqdm(range(epochs), desc="supervisor: train", leave=False):
             perm = torch.randperm(len(texts), generator=g).tolist()
             for i in range(0, len(perm), batch_size):
                 idx = perm[i:i + batch_size]
                 logits = self([texts[j] for j in idx])
-                w = torch.where(y[idx] > 0.5, len(y) / (2 * pos), len(y) / (2 * neg))
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx], weight=w)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -153,7 +149,7 @@ class ClassifierSupervisor:
         return out
 
 
-def build(constitution, pool_rows, encoder="embedded:minilm", epochs=6, seed=0) -> ClassifierSupervisor:
+def build(constitution, pool_rows, encoder="embedded:minilm", epochs=10, seed=0) -> ClassifierSupervisor:
     """Train (or load from the cache) the classifier supervisor for this constitution and data."""
     texts, labels = training_data(constitution, pool_rows)
     if len(set(labels)) < 2:

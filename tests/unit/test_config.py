@@ -1,0 +1,62 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from charter import config as C
+from charter.config import load_config
+from charter.errors import CharterError
+from charter.schema import field_docs
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_every_shipped_config_parses_and_opens_with_its_command():
+    assert CONFIGS, "no shipped configs"
+    for path in CONFIGS:
+        first = path.read_text().splitlines()[:3]
+        assert any("charter " in line and line.startswith("#") for line in first), f"{path} lacks its command"
+        if path.name.startswith("accelerate"):
+            continue
+        cfg = load_config(path)
+        assert cfg.hash()
+
+
+def test_every_config_field_has_a_docstring():
+    for cls in (C.RunConfig, C.PoolsConfig, C.PoolConfig, C.SamplingConfig, C.ReviseConfig, C.TrainConfig,
+                C.PairsConfig, C.SupervisorConfig, C.EvalConfig):
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{cls.__name__}: undocumented {missing}"
+
+
+def test_unknown_key_names_file_and_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: default\nsft:\n  lr: 1e-5\n  epochz: 2\n")
+    with pytest.raises(CharterError, match=r"c.yaml:4: unknown key 'sft.epochz' \(did you mean 'epochs'\?\)"):
+        load_config(p)
+
+
+def test_wrong_type_names_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: abc\n")
+    with pytest.raises(CharterError, match=r"c.yaml:1: seed must be an integer"):
+        load_config(p)
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: default\nsft: [1, 2\n")
+    with pytest.raises(CharterError, match=r"c.yaml:\d+: invalid YAML"):
+        load_config(p)
+
+
+def test_overrides_apply_and_are_checked(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: default\n")
+    cfg = load_config(p, ["sft.max_steps=7", "pools.redteam.limit=3", "revise.rounds=1"])
+    assert cfg.sft.max_steps == 7 and cfg.pools.redteam.limit == 3 and cfg.revise.rounds == 1
+    with pytest.raises(CharterError, match="override 'sft.nope=1'"):
+        load_config(p, ["sft.nope=1"])
+    assert load_config(p, ["seed=1"]).hash() != load_config(p).hash()
