@@ -183,7 +183,7 @@ def _set_dotted(data: dict, dotted: str, value, origin: str):
         nxt = cur.get(k)
         if nxt is None:
             nxt = LineDict()
-            nxt.file, nxt.line, nxt.lines = origin, None, {}
+            nxt.file = origin
             cur[k] = nxt
         elif not isinstance(nxt, dict):
             raise CharterError(f"{origin}: cannot set {dotted!r}: {k!r} is not a section")

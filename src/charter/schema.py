@@ -75,6 +75,11 @@ def _convert(tp, value, loc: str, key: str):
             raise CharterError(f"{loc}: {key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CharterError(f"{loc}: {key} must be a number, got {value!r}")
         return float(value)
@@ -82,6 +87,18 @@ def _convert(tp, value, loc: str, key: str):
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise CharterError(f"{loc}: {key} must be a string, got {type(value).__name__}")
         return str(value)
+    return value
+
+
+def _with_defaults(value: dict, default) -> dict:
+    """Fill keys missing from a partial section with the default section's values,
+    so `pools.redteam.limit=3` keeps the default `source`."""
+    for f in dataclasses.fields(default):
+        cur = getattr(default, f.name)
+        if f.name not in value:
+            value[f.name] = cur
+        elif dataclasses.is_dataclass(cur) and isinstance(value[f.name], dict):
+            _with_defaults(value[f.name], cur)
     return value
 
 
@@ -101,7 +118,12 @@ def from_dict(cls, data, prefix: str = ""):
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], _loc(data, name), prefix + name)
+            value = data[name]
+            if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+                if dataclasses.is_dataclass(default):
+                    value = _with_defaults(value, default)
+            kwargs[name] = _convert(hints[name], value, _loc(data, name), prefix + name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise CharterError(f"{_loc(data)}: missing required key {prefix + name!r}")
     obj = cls(**kwargs)

@@ -16,14 +16,15 @@ from .errors import CharterError, where
 class LineDict(dict):
     """A dict that also knows the source file and the line of each key."""
 
-    file: str = "<memory>"
-    lines: dict
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.file, self.line, self.lines = "<memory>", None, {}
 
     def line_of(self, key):
-        return getattr(self, "lines", {}).get(key)
+        return self.lines.get(key)
 
     def loc(self, key=None) -> str:
-        line = self.line_of(key) if key is not None else getattr(self, "line", None)
+        line = self.line_of(key) if key is not None else self.line
         if isinstance(line, str):  # a value set from the command line names its override
             return line
         return where(self.file, line)

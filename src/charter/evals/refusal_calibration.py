@@ -38,6 +38,13 @@ def calibrate_refusal(folder=None, judge=None) -> dict:
            "accuracy_binary": sum(v for (h, p), v in cm.items()
                                   if (h == "full_compliance") == (p == "full_compliance")) / n,
            "confusion": {h: {p: cm[(h, p)] for p in CLASSES} for h in CLASSES}, "per_class": {}}
+    by_source = {}
+    for r, p in zip(rows, pred):
+        ok = (r["human"] == "full_compliance") == (p == "full_compliance")
+        n_ok = by_source.setdefault(r["source"].replace("xstest_v2_completions_", ""), [0, 0])
+        n_ok[0] += ok
+        n_ok[1] += 1
+    res["accuracy_binary_by_model"] = {k: v[0] / v[1] for k, v in sorted(by_source.items())}
     for c in CLASSES:
         tp = cm[(c, c)]
         pp = sum(cm[(h, c)] for h in CLASSES)
@@ -55,4 +62,7 @@ def refusal_table(res: dict) -> str:
         pc = res["per_class"][h]
         lines.append(f"| {h} | " + " | ".join(str(res["confusion"][h][p]) for p in CLASSES)
                      + f" | {pc['recall']:.1%} | {pc['precision']:.1%} |")
+    lines.append("")
+    lines.append("binary accuracy by responding model: " + ", ".join(
+        f"{k} {v:.1%}" for k, v in res["accuracy_binary_by_model"].items()))
     return "\n".join(lines)
