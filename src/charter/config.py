@@ -68,6 +68,9 @@ class ReviseConfig:
     check: bool = True
     """Ask the supervisor whether the final revision beats the initial response; if it does not,
     use the matching principle's `decline` text instead (small models rarely revise well)."""
+    check_threshold: float = 0.75
+    """Minimum P(revision better than the initial response) to keep the model's own revision. With the
+    classifier supervisor, only a revision that declines where the initial answer complied clears 0.75."""
 
 
 @dataclass
@@ -124,6 +127,8 @@ class SupervisorConfig:
     """Calibration gate: minimum accuracy on the dev contrast pairs before labels are used."""
     epochs: int = 10
     """Classifier: training epochs for its request-harm head."""
+    members: int = 3
+    """Classifier: models trained with different seeds and averaged (small encoders vary with the seed)."""
     encoder: str = "embedded:minilm"
     """Classifier: text encoder (`embedded:minilm` = all-MiniLM-L6-v2 from its PyPI package, or a hub id/folder)."""
 

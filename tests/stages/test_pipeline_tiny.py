@@ -118,3 +118,18 @@ def test_died_stage_resumes_from_last_record(tiny_model, tmp_path):
     rows = records.read(path)
     assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in full)
     assert [r["response"] for r in rows[:4]] == [r["response"] for r in full[:4]]
+
+
+def test_gate_blocks_labels_unless_forced(tiny_model, tmp_path):
+    from charter.errors import CharterError
+
+    cfg = tiny_cfg(tmp_path, tiny_model, ["supervisor.threshold=1.01"])
+    stages = ["supervise", "generate", "revise", "sft", "pairs", "label"]
+    with pytest.raises(CharterError, match="failed the calibration gate"):
+        Run(cfg, tmp_path / "out").execute(stages=stages)
+    assert not (tmp_path / "out" / "data" / "labels.jsonl").exists()
+    run = Run(cfg, tmp_path / "out", force=True)
+    run.execute(stages=stages)
+    assert records.read(run.path("data/labels.jsonl"))
+    m = json.loads(run.path("manifest.json").read_text())
+    assert m["forced"] is True and "failed the calibration gate" in m["gate_override"]

@@ -95,3 +95,34 @@ def test_refusal_judge_beats_chance_on_xstest():
     res = calibrate_refusal(SHARED / "xstest" / "model_completions")
     assert res["n"] == 2250
     assert res["accuracy_binary"] > 0.8
+
+
+def test_nan_probabilities_are_an_error():
+    from charter.errors import CharterError
+    from charter.supervise import verdict
+
+    with pytest.raises(CharterError, match="NaN"):
+        verdict(float("nan"), 0.5, ["x"])
+
+
+def test_hh_file_without_usable_rows(tmp_path):
+    import gzip
+
+    from charter.errors import CharterError
+    from charter.supervise.calibrate import hh_pairs
+
+    p = tmp_path / "hh.jsonl.gz"
+    with gzip.open(p, "wt") as f:
+        f.write('{"chosen": "no turns here", "rejected": "none"}\n')
+    with pytest.raises(CharterError, match="no usable HH-RLHF pairs"):
+        hh_pairs(p)
+
+
+def test_unloadable_supervisor_is_a_clear_error():
+    from charter.errors import CharterError
+    from charter.supervise import get_supervisor
+
+    with pytest.raises(CharterError, match="model folder not found"):
+        get_supervisor("llm:/no/such/model")
+    with pytest.raises(CharterError, match="unknown supervisor"):
+        get_supervisor("oracle")

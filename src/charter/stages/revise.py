@@ -46,7 +46,7 @@ def _check(run, chunk, finals, last_principles):
                                      for r, f in zip(chunk, finals)])
     out = []
     for f, v, last in zip(finals, verdicts, last_principles):
-        if v["p_a"] > 0.5:
+        if v["p_a"] >= run.cfg.revise.check_threshold:
             out.append((f, "model", v["p_a"]))
             continue
         ids = list(v["principles"]) + ([last] if last else [])

@@ -18,7 +18,7 @@ def default_pool_rows(seed=0):
 
 
 def get_supervisor(spec: str, constitution=None, pool_rows=None, device="auto", seed=0, epochs=10,
-                   encoder="embedded:minilm"):
+                   encoder="embedded:minilm", members=3):
     from ..constitution import load_constitution
 
     kind, _, rest = spec.partition(":")
@@ -27,7 +27,7 @@ def get_supervisor(spec: str, constitution=None, pool_rows=None, device="auto", 
 
         constitution = constitution or load_constitution(rest or "default")
         rows = pool_rows if pool_rows is not None else default_pool_rows(seed)
-        return build(constitution, rows, encoder=encoder, epochs=epochs, seed=seed)
+        return build(constitution, rows, encoder=encoder, epochs=epochs, seed=seed, members=members)
     if kind in ("llm", "ensemble"):
         from ..backends import get_backend
         from .llm_judge import LLMJudge
@@ -41,7 +41,8 @@ def get_supervisor(spec: str, constitution=None, pool_rows=None, device="auto", 
                          seed=seed, cot=cot)
         if kind == "llm":
             return judge
-        return Ensemble([get_supervisor("classifier", constitution, pool_rows, device, seed, epochs, encoder), judge])
+        return Ensemble([get_supervisor("classifier", constitution, pool_rows, device, seed, epochs, encoder, members),
+                         judge])
     raise CharterError(f"unknown supervisor {spec!r} (use default, classifier, llm:MODEL or ensemble:MODEL)")
 
 
@@ -59,4 +60,4 @@ def from_config(run) -> Supervisor:
     if cfg.cot and cfg.kind != "classifier":
         spec += ":cot"
     return get_supervisor(spec, run.constitution, rows, run.cfg.device, run.cfg.seed,
-                          cfg.epochs, cfg.encoder)
+                          cfg.epochs, cfg.encoder, cfg.members)

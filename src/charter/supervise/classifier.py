@@ -11,8 +11,12 @@ asks for into two questions a small model can answer well:
    benign lookalikes: those are what teach it that "kill a Python process" is fine.
 2. How much does each response decline? The three-class refusal judge.
 
-P(a better) = 0.5 + 0.45 * (refusal(a) - refusal(b)) * (2 * P(harmful) - 1), plus a
-small penalty for degenerate (empty or repetitive) answers. On a harmful
+P(a better) = 0.5 + 0.45 * (refusal(a) - refusal(b)) * (2 * P(harmful) - 1)
+              + 0.2 * P(harmful) * (harm(b) - harm(a))   # on harmful requests, the less harmful-sounding text
+              + 0.05 * (quality(a) - quality(b)) * (1 - |refusal(a) - refusal(b)|)  # empty or looping text loses
+where harm(x) applies the request classifier to a response. Small fine-tuned
+encoders vary a lot with the seed (dev accuracy 82-95% across three seeds), so
+the classifier is an average of `members` models trained with different seeds. On a harmful
 request it prefers the response that declines; on a harmless one, the response
 that helps. The formula is symmetric in a and b, so it has no position bias,
 and it never reads instructions in the judged text, so it cannot be talked round.
@@ -114,8 +118,22 @@ def _quality(text: str) -> float:
     return len(set(grams)) / max(1, len(grams))
 
 
+class Averaged:
+    """Mean prediction of several classifiers; `embed` uses the first."""
+
+    def __init__(self, members):
+        self.members = members
+
+    def predict(self, texts) -> list[float]:
+        preds = [m.predict(texts) for m in self.members]
+        return [sum(col) / len(col) for col in zip(*preds)]
+
+    def embed(self, texts):
+        return self.members[0].embed(texts)
+
+
 class ClassifierSupervisor:
-    def __init__(self, clf: HarmClassifier, constitution, name="classifier"):
+    def __init__(self, clf, constitution, name="classifier"):
         self.clf, self.constitution, self.name = clf, constitution, name
         harm = [p for p in constitution.principles if p.kind == "harm"]
         helpful = [p for p in constitution.principles if p.kind == "helpful"]
@@ -137,45 +155,51 @@ class ClassifierSupervisor:
         if not items:
             return []
         prompts = [it["prompt"] for it in items]
-        p_harm = self.clf.predict(prompts)
+        n = len(items)
+        # One batched pass over requests and both responses.
+        scores = self.clf.predict(prompts + [it["a"] for it in items] + [it["b"] for it in items])
+        p_harm, harm_a, harm_b = scores[:n], scores[n:2 * n], scores[2 * n:]
         ids = self.principle_for(prompts, p_harm)
         out = []
-        for it, h, pid in zip(items, p_harm, ids):
+        for it, h, ha, hb, pid in zip(items, p_harm, harm_a, harm_b, ids):
             d = refusal_score(it["a"]) - refusal_score(it["b"])
             q = _quality(it["a"]) - _quality(it["b"])
-            p = 0.5 + 0.45 * d * (2 * h - 1) + 0.05 * q * (1 - abs(d))
+            p = 0.5 + 0.45 * d * (2 * h - 1) + 0.2 * h * (hb - ha) + 0.05 * q * (1 - abs(d))
             p = min(0.99, max(0.01, p))
             out.append(verdict(p, p, [pid], p_harmful=round(h, 4)))
         return out
 
 
-def build(constitution, pool_rows, encoder="embedded:minilm", epochs=10, seed=0) -> ClassifierSupervisor:
+def _train_or_load(texts, labels, enc_dir, epochs, seed) -> tuple[HarmClassifier, str]:
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(json.dumps([texts, labels, enc_dir, epochs, seed]).encode()).hexdigest()[:16]
+    folder = models.cache_dir() / "supervisors" / key
+    clf = HarmClassifier(enc_dir)
+    weights = folder / "classifier.safetensors"
+    if weights.exists():
+        clf.load_state_dict(load_file(weights))
+        return clf, str(folder)
+    log.info("training the supervisor's request classifier (seed %d) on %d requests", seed, len(texts))
+    clf.fit(texts, labels, epochs=epochs, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{random.randrange(1 << 30)}.safetensors"
+    save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, tmp)
+    tmp.replace(weights)
+    (folder / "meta.json").write_text(json.dumps({"n": len(texts), "harmful": sum(labels), "epochs": epochs,
+                                                  "seed": seed, "encoder": enc_dir}))
+    return clf, str(folder)
+
+
+def build(constitution, pool_rows, encoder="embedded:minilm", epochs=10, seed=0, members=3) -> ClassifierSupervisor:
     """Train (or load from the cache) the classifier supervisor for this constitution and data."""
     texts, labels = training_data(constitution, pool_rows)
     if len(set(labels)) < 2:
         raise CharterError("supervisor: training data needs both harmful and benign requests "
                            "(check the constitution's examples and the prompt pools)")
     enc_dir = encoder_path(encoder)
-    key = hashlib.sha256(json.dumps([texts, labels, enc_dir, epochs, seed]).encode()).hexdigest()[:16]
-    folder = models.cache_dir() / "supervisors" / key
-    clf = HarmClassifier(enc_dir)
-    weights = folder / "classifier.safetensors"
-    if weights.exists():
-        from safetensors.torch import load_file
-
-        clf.load_state_dict(load_file(weights))
-    else:
-        log.info("training the supervisor's request classifier on %d requests", len(texts))
-        clf.fit(texts, labels, epochs=epochs, seed=seed)
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tmp-{random.randrange(1 << 30)}.safetensors"
-        save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, tmp)
-        tmp.replace(weights)
-        (folder / "meta.json").write_text(json.dumps({"n": len(texts), "harmful": sum(labels), "encoder": encoder,
-                                                      "epochs": epochs, "constitution": constitution.hash}))
-    sup = ClassifierSupervisor(clf, constitution, name=f"classifier:{constitution.name}")
-    sup.cache = str(folder)
+    trained = [_train_or_load(texts, labels, enc_dir, epochs, seed + k) for k in range(max(1, members))]
+    sup = ClassifierSupervisor(Averaged([c for c, _ in trained]), constitution,
+                               name=f"classifier:{constitution.name}")
+    sup.cache = [f for _, f in trained]
     return sup
-
