@@ -133,3 +133,12 @@ def test_gate_blocks_labels_unless_forced(tiny_model, tmp_path):
     assert records.read(run.path("data/labels.jsonl"))
     m = json.loads(run.path("manifest.json").read_text())
     assert m["forced"] is True and "failed the calibration gate" in m["gate_override"]
+
+
+def test_records_load_with_datasets(finished_run):
+    import datasets
+
+    run, _, _ = finished_run
+    for path in sorted(run.path("data").glob("*.jsonl")):
+        ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        assert len(ds) == len(records.read(path)), path.name

@@ -40,8 +40,10 @@ def pareto_svg(models: dict) -> str:
         hx, hy = 1 - m["refusal_rate"]["benign"], m["refusal_rate"]["harmful"]
         x, y = pad + hx * (w - pad - 10), h - pad - hy * (h - pad - 10)
         pts.append((x, y))
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{_color(role, i)}"/>'
-                     f'<text x="{x + 9:.1f}" y="{y - 6:.1f}" font-size="12">{html.escape(role)}</text>')
+        # Labels step down per model so coinciding points stay readable.
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{_color(role, i)}" fill-opacity="0.8"/>'
+                     f'<text x="{min(x + 9, w - 40):.1f}" y="{max(y - 6 + 14 * i, 22):.1f}" font-size="12" '
+                     f'fill="{_color(role, i)}">{html.escape(role)}</text>')
     if len(pts) > 1:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
         parts.insert(2, f'<polyline points="{path}" fill="none" stroke="#bbb" stroke-dasharray="4 3"/>')
@@ -139,8 +141,11 @@ def render(run) -> str:
     principles = "".join(f'<div class="principle"><b>{html.escape(p.id)}</b> ({p.kind}): {html.escape(p.text)}</div>'
                          for p in c.principles)
     stages = run.manifest.get("stages", {})
+    skip = {"status", "started", "seconds", "peak_rss_mib"}
     timing = "".join(f"<tr><td>{s}</td><td>{v.get('status')}</td><td>{v.get('seconds', '')}</td>"
-                     f"<td>{v.get('peak_rss_mib', '')}</td></tr>" for s, v in stages.items())
+                     f"<td>{v.get('peak_rss_mib', '')}</td><td>"
+                     + html.escape(", ".join(f"{k}={x}" for k, x in v.items() if k not in skip)) + "</td></tr>"
+                     for s, v in stages.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>charter report</title>
 <style>{CSS}</style></head><body>
 <h1>charter report</h1>
@@ -153,7 +158,8 @@ def render(run) -> str:
 <h2>Supervisor calibration</h2>{_md_table(cal_md.read_text()) if cal_md.exists() else '<p>not run</p>'}
 <h2>Before and after</h2>{_cards(run, list(models))}
 <h2>Constitution: {html.escape(c.name)}</h2>{principles}
-<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>peak RSS MiB</th></tr>{timing}</table>
+<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>peak RSS MiB</th><th>counts</th></tr>
+{timing}</table>
 </body></html>"""
 
 
