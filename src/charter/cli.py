@@ -1,4 +1,4 @@
-"""`charter run | eval | judge | calibrate`: one table of subcommand -> function.
+"""`charter run | eval | judge | calibrate | compare`: one table of subcommand -> function.
 
 User mistakes raise `CharterError` and print one line naming the file:line or
 key, with exit status 2 and no traceback.
@@ -133,6 +133,14 @@ def cmd_calibrate(a):
     print(f"gate ({a.threshold:.0%} on each direction): {'PASSED' if res['passed'] else 'FAILED'}")
 
 
+def cmd_compare(a):
+    from .evals.compare import compare
+
+    res = compare(a.models, a.suite, a.out, a.limit, a.max_new_tokens, a.batch_size, a.device)
+    print((Path(a.out) / "table.md").read_text(), end="")
+    print(f"{len(res['models'])} models x {len(a.suite)} suites -> {a.out}/table.{{md,html,csv}}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="charter", description="Align a chat model to a constitution with AI feedback.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -174,6 +182,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--xstest", help="folder of XSTest model_completions CSVs (default: shared data)")
     c.add_argument("--device", default="auto")
     c.set_defaults(fn=cmd_calibrate)
+    k = sub.add_parser("compare", help="several models or runs on the same suites, one table")
+    k.add_argument("models", nargs="+", help="run directories, model folders, .gguf files, hub ids, default")
+    k.add_argument("--suite", nargs="+", required=True,
+                   help="dev, xstest, strongreject, harmbench, advbench, or a prompt JSONL file")
+    k.add_argument("--out", required=True)
+    k.add_argument("--limit", type=int, help="at most this many prompts per suite")
+    k.add_argument("--max-new-tokens", type=int, default=96)
+    k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument("--device", default="auto")
+    k.set_defaults(fn=cmd_compare)
     return p
 
 

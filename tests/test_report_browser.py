@@ -1,0 +1,79 @@
+"""Open a report in headless Chromium: no console errors, every figure laid out, a screenshot kept."""
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from charter import records
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+PROBE = """<script>
+window.addEventListener('load', function () {
+  var figs = Array.prototype.slice.call(document.querySelectorAll('svg.figure'));
+  var sizes = figs.map(function (f) { var b = f.getBBox(); return [Math.round(b.width), Math.round(b.height)]; });
+  document.title = 'PROBE ' + JSON.stringify(sizes);
+});
+</script>"""
+
+
+class FakeRun:
+    """Enough of a run directory for the report stage, built from fixed records."""
+
+    def __init__(self, tmp):
+        from charter.config import RunConfig
+        from charter.constitution import load_constitution
+
+        self.dir, self.cfg, self.constitution = tmp, RunConfig(), load_constitution("default")
+        self.manifest = {"stages": {"sft": {"status": "done", "seconds": 1.0, "steps": 3}}}
+        rows = {"base": ["full_compliance", "full_compliance", "full_compliance"],
+                "dpo": ["full_refusal", "partial_refusal", "full_compliance"]}
+        models = {}
+        for role, classes in rows.items():
+            recs = [{"id": f"p{i}", "prompt": f"prompt {i} <b>", "label": "harmful" if i < 2 else "benign",
+                     "category": "weapons" if i < 2 else "cooking", "response": f"{role} says {c}", "refusal": c}
+                    for i, c in enumerate(classes)]
+            records.append(self.path("eval", f"responses_{role}.jsonl"), recs)
+            from charter.evals.core import metrics
+
+            models[role] = metrics(recs, "lexical")
+        records.write_json(self.path("eval", "metrics.json"),
+                           {"split": "dev", "train_eval_overlap": 0, "models": models})
+        self.path("supervisor").mkdir(parents=True, exist_ok=True)
+        self.path("supervisor", "calibration.md").write_text("| measure | n | value |\n|---|---|---|\n| x | 1 | 90% |\n")
+
+    def path(self, *parts):
+        return self.dir.joinpath(*parts)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    from charter.stages import report
+
+    run = FakeRun(tmp_path)
+    report.run(run)
+    html = run.path("report.html").read_text()
+    assert "<script" not in html and not re.search(r"(src|href)=\"https?:", html)  # self-contained
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", PROBE + "</body>"))
+    profile = tmp_path / "profile"
+    r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+                        "--virtual-time-budget=3000", "--dump-dom", probe.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    m = re.search(r"<title>PROBE (\[.*?\])</title>", r.stdout)
+    assert m, r.stderr[-2000:]
+    sizes = json.loads(m.group(1))
+    assert len(sizes) == 2 and all(w > 50 and h > 50 for w, h in sizes), sizes
+    console = [l for l in r.stderr.splitlines() if "CONSOLE" in l and "probe" not in l.lower()]
+    assert not console, console
+    shot = ROOT / "test-artifacts" / "report.png"
+    shot.parent.mkdir(exist_ok=True)
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1100,1800",
+                    run.path("report.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000
