@@ -65,7 +65,7 @@ def _convert(tp, value, loc: str, key: str):
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
-        return from_dict(tp, value, key + ".")
+        return from_dict(tp, value, key + ".", loc)
     if tp is bool:
         if not isinstance(value, bool):
             raise CharterError(f"{loc}: {key} must be true or false, got {value!r}")
@@ -102,12 +102,13 @@ def _with_defaults(value: dict, default) -> dict:
     return value
 
 
-def from_dict(cls, data, prefix: str = ""):
-    """Build dataclass `cls` from a (Line)dict, checking keys and types."""
+def from_dict(cls, data, prefix: str = "", loc: str | None = None):
+    """Build dataclass `cls` from a (Line)dict, checking keys and types; `loc` names where it came from."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise CharterError(f"{_loc(data)}: {prefix or cls.__name__} must be a mapping, got {type(data).__name__}")
+        raise CharterError(f"{loc or _loc(data)}: {prefix.rstrip('.') or cls.__name__} must be a mapping, "
+                           f"got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:

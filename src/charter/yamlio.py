@@ -69,9 +69,10 @@ def load_yaml(path) -> object:
 
 
 def loads_yaml(text: str, name: str = "<string>"):
-    loader = _Loader(text)
-    loader.name = name
+    loader = None
     try:
+        loader = _Loader(text)
+        loader.name = name
         return loader.get_single_data()
     except CharterError:
         raise
@@ -80,9 +81,10 @@ def loads_yaml(text: str, name: str = "<string>"):
         line = mark.line + 1 if mark else None
         raise CharterError(f"{where(name, line)}: invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise CharterError(f"{name}: invalid YAML: {e}") from None
+        raise CharterError(f"{name}: invalid YAML: {str(e).splitlines()[0]}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_jsonl(path, required=(), tolerate_torn_tail=False) -> list[dict]:
