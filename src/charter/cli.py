@@ -112,9 +112,10 @@ def cmd_calibrate(a):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.refusal:
+        from .evals.refusal import get_refusal_judge
         from .evals.refusal_calibration import calibrate_refusal, refusal_table
 
-        res = calibrate_refusal(a.xstest)
+        res = calibrate_refusal(a.xstest, get_refusal_judge(a.judge, a.device), a.limit)
         write_json(out / "refusal_calibration.json", res)
         text = refusal_table(res)
         (out / "refusal_calibration.md").write_text(text + "\n")
@@ -180,12 +181,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--hh-limit", type=int, default=200)
     c.add_argument("--refusal", action="store_true", help="calibrate the refusal judge on XSTest human labels")
     c.add_argument("--xstest", help="folder of XSTest model_completions CSVs (default: shared data)")
+    c.add_argument("--judge", default="lexical", help="refusal judge for --refusal: lexical or llm:MODEL")
+    c.add_argument("--limit", type=int, help="--refusal: score a seeded sample of this many completions")
     c.add_argument("--device", default="auto")
     c.set_defaults(fn=cmd_calibrate)
     k = sub.add_parser("compare", help="several models or runs on the same suites, one table")
     k.add_argument("models", nargs="+", help="run directories, model folders, .gguf files, hub ids, default")
     k.add_argument("--suite", nargs="+", required=True,
-                   help="dev, xstest, strongreject, harmbench, advbench, or a prompt JSONL file")
+                   help="dev, xstest, strongreject, harmbench, advbench, gsm8k, humaneval, or a prompt JSONL file")
     k.add_argument("--out", required=True)
     k.add_argument("--limit", type=int, help="at most this many prompts per suite")
     k.add_argument("--max-new-tokens", type=int, default=96)

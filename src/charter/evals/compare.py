@@ -53,7 +53,9 @@ def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, d
     from ..backends import get_backend
 
     out = Path(out)
-    loaded = {s: load_suite(s, limit) for s in suites}
+    from .capability import CAPABILITY_SUITES, evaluate_capability
+
+    loaded = {s: (None if s in CAPABILITY_SUITES else load_suite(s, limit)) for s in suites}
     table = {}  # (suite, metric) -> {label: cell}
     labels = []
     for spec in models:
@@ -66,6 +68,11 @@ def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, d
             path = out / "cache" / model_hash(model) / f"{Path(suite).stem}.jsonl"
             if backend is None:
                 backend = get_backend(model, device=device)
+            if rows is None:
+                c = evaluate_capability(backend, suite, path, limit, max(max_new_tokens, 256), batch_size)
+                table.setdefault((suite, c["metric"]), {})[label] = {
+                    "rate": c["score"], "lo": c["ci95"][0], "hi": c["ci95"][1], "n": c["n"]}
+                continue
             m = evaluate(backend, rows, path, max_new_tokens, batch_size, desc=f"{label} / {suite}")
             for lab, metric in (("harmful", "harmful refused"), ("benign", "benign refused")):
                 c = _cell(m, lab)
@@ -98,6 +105,6 @@ def write_tables(table, labels, out: Path):
         "<!doctype html><html><head><meta charset='utf-8'><title>charter compare</title><style>"
         "body{font-family:system-ui,sans-serif;margin:2em}td,th{border:1px solid #ddd;padding:4px 8px}"
         "table{border-collapse:collapse}</style></head><body><h1>charter compare</h1>"
-        "<p>Refusal rates (lower on benign rows is more helpful; higher on harmful rows is safer), "
-        "95% Wilson intervals.</p>"
+        "<p>Refusal rates (lower on benign rows is more helpful; higher on harmful rows is safer) and capability "
+        "scores, with 95% Wilson intervals.</p>"
         f"<table><tr><th>benchmark</th>{head}</tr>{body}</table></body></html>")

@@ -27,9 +27,13 @@ def xstest_completions(folder=None) -> list[dict]:
     return rows
 
 
-def calibrate_refusal(folder=None, judge=None) -> dict:
+def calibrate_refusal(folder=None, judge=None, limit=None) -> dict:
     judge = judge or LexicalRefusalJudge()
     rows = xstest_completions(folder)
+    if limit:
+        import random
+
+        rows = random.Random(0).sample(rows, min(limit, len(rows)))
     pred = judge.classify([r["prompt"] for r in rows], [r["completion"] for r in rows])
     cm = Counter((r["human"], p) for r, p in zip(rows, pred))
     n = len(rows)

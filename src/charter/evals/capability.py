@@ -1,0 +1,118 @@
+"""Capability checks: GSM8K (exact match on the final number, few-shot) and HumanEval
+(pass@1 with greedy decoding, run in the sandbox). Both read the offline copies
+under the shared data folder or their hub ids, and cache per item, so a rerun
+only computes what is new. For the standard implementations, run
+lm-evaluation-harness (`lm_eval --model hf --model_args pretrained=runs/demo/models/dpo
+--tasks gsm8k,humaneval`) where the network allows; charter does not wrap it.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+
+from .. import records
+from ..backends import GenParams
+from ..errors import CharterError
+from ..prompts import shared_data
+from .core import wilson
+from .sandbox import run_python
+
+CAPABILITY_SUITES = ("gsm8k", "humaneval")
+_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _jsonl(path, gz=False):
+    opener = gzip.open if gz else open
+    with opener(path, "rt") as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def _load(name: str, split: str):
+    local = {"gsm8k": shared_data() / "gsm8k" / f"{split}.jsonl",
+             "humaneval": shared_data() / "humaneval" / "HumanEval.jsonl.gz"}[name]
+    if local.exists():
+        return _jsonl(local, gz=local.suffix == ".gz")
+    hub = {"gsm8k": ("openai/gsm8k", "main"), "humaneval": ("openai/openai_humaneval", None)}[name]
+    try:
+        import datasets
+
+        return list(datasets.load_dataset(hub[0], hub[1], split=split if name == "gsm8k" else "test"))
+    except Exception as e:
+        raise CharterError(f"capability suite {name!r}: not found at {local} and the hub dataset {hub[0]!r} could "
+                           f"not be loaded ({type(e).__name__})") from None
+
+
+def final_number(text: str):
+    """The answer after '####' if present, else the last number in the text."""
+    marked = "####" in text
+    if marked:
+        text = text.split("####", 1)[1]
+    nums = _NUM.findall(text)
+    if not nums:
+        return None
+    try:
+        return float(nums[0 if marked else -1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def gsm8k_items(limit=None, shots=4):
+    train, test = _load("gsm8k", "train"), _load("gsm8k", "test")
+    few = []
+    for ex in train[:shots]:
+        few += [{"role": "user", "content": ex["question"]},
+                {"role": "assistant", "content": ex["answer"].replace("<<", "").replace(">>", "")}]
+    items = [{"id": f"gsm8k-{i}", "messages": few + [{"role": "user", "content": ex["question"]}],
+              "target": final_number(ex["answer"])} for i, ex in enumerate(test)]
+    return items[:limit] if limit else items
+
+
+def _code_from(text: str, prompt: str) -> str:
+    m = re.search(r"```(?:python)?\n(.*?)(?:```|$)", text, re.S)
+    code = m.group(1) if m else text
+    return code if "def " in code else prompt + code
+
+
+def humaneval_items(limit=None):
+    rows = _load("humaneval", "test")
+    items = [{"id": r["task_id"], "messages": [{"role": "user", "content":
+              "Complete this Python function. Reply with the whole function in a ```python code block.\n\n"
+              f"```python\n{r['prompt']}```"}], "prompt": r["prompt"], "test": r["test"],
+              "entry_point": r["entry_point"]} for r in rows]
+    return items[:limit] if limit else items
+
+
+def evaluate_capability(backend, name: str, out_path, limit=None, max_new_tokens=256, batch_size=8) -> dict:
+    from tqdm import tqdm
+
+    if name not in CAPABILITY_SUITES:
+        raise CharterError(f"unknown capability suite {name!r} (use {', '.join(CAPABILITY_SUITES)})")
+    items = gsm8k_items(limit) if name == "gsm8k" else humaneval_items(limit)
+    if not items:
+        raise CharterError(f"capability suite {name!r} is empty")
+    done = records.done_ids(out_path)
+    todo = [it for it in items if it["id"] not in done]
+    params = GenParams(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{name}", unit="item") as bar:
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            outs = backend.generate([it["messages"] for it in chunk], params)
+            recs = []
+            for it, text in zip(chunk, outs):
+                if name == "gsm8k":
+                    pred = final_number(text)
+                    ok = pred is not None and it["target"] is not None and abs(pred - it["target"]) < 1e-6
+                    recs.append({"id": it["id"], "response": text, "pred": pred, "target": it["target"], "ok": ok})
+                else:
+                    program = _code_from(text, it["prompt"]) + "\n\n" + it["test"] + f"\n\ncheck({it['entry_point']})\n"
+                    res = run_python(program, timeout_s=10, cpu_s=10, mem_mb=1024)
+                    recs.append({"id": it["id"], "response": text, "ok": res.ok, "timed_out": res.timed_out,
+                                 "error": res.stderr[-300:]})
+            records.append(out_path, recs)
+            bar.update(len(chunk))
+    wanted = {it["id"] for it in items}
+    rows = [r for r in records.read(out_path) if r["id"] in wanted]
+    k = sum(bool(r["ok"]) for r in rows)
+    return {"suite": name, "n": len(rows), "score": k / len(rows), "ci95": wilson(k, len(rows)),
+            "metric": "exact match" if name == "gsm8k" else "pass@1"}
