@@ -145,6 +145,18 @@ class EvalConfig:
     """Longest response, in tokens."""
     batch_size: int = 16
     """Prompts per generate call."""
+    suites: list[str] = field(default_factory=list)
+    """Extra safety suites for every model: xstest, strongreject, harmbench, advbench or a prompt JSONL
+    (AdvBench is skipped when a training pool draws on it)."""
+    suite_limit: Optional[int] = None
+    """At most this many prompts per extra suite (a seeded sample)."""
+    capability: list[str] = field(default_factory=list)
+    """Capability suites for every model: gsm8k, humaneval."""
+    capability_limit: Optional[int] = 50
+    """At most this many items per capability suite."""
+    helpfulness: bool = True
+    """Win rate of each aligned model over the base on the benign dev prompts, judged pairwise by the
+    supervisor in both orders, with a length-controlled variant."""
 
 
 @dataclass

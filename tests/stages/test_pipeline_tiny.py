@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from charter import records
 from charter.config import load_config
 from charter.run import STAGES, Run
+from tests.conftest import SHARED
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -25,7 +26,12 @@ def tiny_cfg(tmp_path, model, extra=()):
         "pairs.max_pairs=8", "pairs.max_new_tokens=8", "pairs.batch_size=4",
         "supervisor.kind=llm", f"supervisor.model={model}", "supervisor.threshold=0.0",
         "dpo.max_steps=2", "dpo.batch_size=4", "dpo.lr=1e-3", "dpo.margin=0.0", "dpo.max_length=128",
-        "evaluate.limit=2", "evaluate.max_new_tokens=8", *extra])
+        "evaluate.limit=2", "evaluate.max_new_tokens=8", *SUITES, *extra])
+
+
+# With the shared data present, the evaluate stage also runs a public suite and a capability suite.
+SUITES = (["evaluate.suites=[xstest, advbench]", "evaluate.suite_limit=3", "evaluate.capability=[gsm8k, humaneval]",
+           "evaluate.capability_limit=2"] if SHARED.exists() else [])
 
 
 def weights(folder):
@@ -57,6 +63,15 @@ def test_all_stages_finish_and_write_artifacts(finished_run):
     metrics = json.loads(run.path("eval/metrics.json").read_text())
     assert set(metrics["models"]) == {"base", "sft", "dpo"}
     assert metrics["models"]["base"]["n"]["harmful"] > 0
+    assert set(metrics["helpfulness"]) == {"sft", "dpo"}
+    assert 0 <= metrics["helpfulness"]["dpo"]["win_rate"] <= 1
+    if SUITES:
+        assert metrics["suites"]["xstest"]["dpo"]["n"]["harmful"] + metrics["suites"]["xstest"]["dpo"]["n"]["benign"] == 3
+        assert metrics["suites"]["advbench"]["base"]["n"]["harmful"] == 3  # not in this run's pools
+        assert metrics["capability"]["gsm8k"]["sft"]["n"] == 2
+        assert metrics["capability"]["humaneval"]["dpo"]["metric"] == "pass@1"
+        html = run.path("report.html").read_text()
+        assert "xstest: harmful refused" in html and "gsm8k: exact match" in html
 
 
 def test_training_changed_the_weights(finished_run, tiny_model):

@@ -100,9 +100,10 @@ def _cards(run, roles) -> str:
     return "".join(out)
 
 
-def _metrics_table(models) -> str:
+def _metrics_table(models, helpfulness=None) -> str:
+    helpfulness = helpfulness or {}
     rows = ["<tr><th>model</th><th>harmful refused (n)</th><th>benign refused (n)</th>"
-            "<th>benign partial refusals</th></tr>"]
+            "<th>benign partial refusals</th><th>helpfulness win rate over base (length-controlled)</th></tr>"]
     for role, m in models.items():
         def cell(label):
             r = m["refusal_rate"].get(label)
@@ -111,9 +112,38 @@ def _metrics_table(models) -> str:
             lo, hi = m["ci95"][label]
             return f"{r:.1%} [{lo:.0%}, {hi:.0%}] ({m['n'][label]})"
         partial = m["partial_refusal_rate"].get("benign")
+        h = helpfulness.get(role)
+        win = (f"{h['win_rate']:.1%} ({h['length_controlled']:.1%}), n={h['n']}" if h and h.get("win_rate") is not None
+               else "n/a")
         rows.append(f"<tr><td>{html.escape(role)}</td><td>{cell('harmful')}</td><td>{cell('benign')}</td>"
-                    f"<td>{'n/a' if partial is None else f'{partial:.1%}'}</td></tr>")
+                    f"<td>{'n/a' if partial is None else f'{partial:.1%}'}</td><td>{html.escape(win)}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
+
+
+def _extra_tables(metrics) -> str:
+    """Public suites and capability scores, rows = measures, columns = models."""
+    rows = []
+    for suite, by_role in metrics.get("suites", {}).items():
+        for label in ("harmful", "benign"):
+            cells = {r: m for r, m in by_role.items() if m["n"].get(label)}
+            if cells:
+                rows.append((f"{suite}: {label} refused", {r: (m["refusal_rate"][label], m["ci95"][label],
+                                                              m["n"][label]) for r, m in cells.items()}))
+    for suite, by_role in metrics.get("capability", {}).items():
+        if by_role:
+            rows.append((f"{suite}: {next(iter(by_role.values()))['metric']}",
+                         {r: (c["score"], c["ci95"], c["n"]) for r, c in by_role.items()}))
+    if not rows:
+        return ""
+    roles = list(metrics["models"])
+    head = "".join(f"<th>{html.escape(r)}</th>" for r in roles)
+    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
+        f"<td>{v[0]:.1%} [{v[1][0]:.0%}, {v[1][1]:.0%}] n={v[2]}</td>" if (v := cells.get(r)) else "<td></td>"
+        for r in roles) + "</tr>" for name, cells in rows)
+    overlap = metrics.get("suite_overlap", {})
+    note = ("<p class='muted'>Prompts shared with training: " + ", ".join(f"{k} {v}" for k, v in overlap.items())
+            + "</p>") if overlap else ""
+    return f"<h3>Public suites and capability</h3><table><tr><th>measure</th>{head}</tr>{body}</table>{note}"
 
 
 def _md_table(md: str) -> str:
@@ -133,10 +163,19 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ddd;padding:
 h4{margin:4px 0}.principle{margin:6px 0}.muted{color:#777;font-size:13px}"""
 
 
+def _refusal_section(path) -> str:
+    if not path.exists():
+        return "<p>not measured (the XSTest human labels were not found)</p>"
+    text = path.read_text()
+    intro = "".join(f"<p>{html.escape(l)}</p>" for l in text.splitlines() if l and not l.startswith("|"))
+    return intro + _md_table(text)
+
+
 def render(run) -> str:
     metrics = json.loads(run.path("eval", "metrics.json").read_text())
     models = metrics["models"]
     cal_md = run.path("supervisor", "calibration.md")
+    refusal_md = run.path("eval", "refusal_calibration.md")
     c = run.constitution
     principles = "".join(f'<div class="principle"><b>{html.escape(p.id)}</b> ({p.kind}): {html.escape(p.text)}</div>'
                          for p in c.principles)
@@ -152,10 +191,12 @@ def render(run) -> str:
 <p class="muted">model {html.escape(run.cfg.model)} · constitution {html.escape(c.name)} v{html.escape(c.version)}
 ({c.hash}) · config {run.cfg.hash()} · evaluated on the {html.escape(metrics['split'])} split
 ({metrics['train_eval_overlap']} prompts overlap training)</p>
-<h2>Safety and helpfulness</h2>{_metrics_table(models)}
+<h2>Safety and helpfulness</h2>{_metrics_table(models, metrics.get("helpfulness"))}
+{_extra_tables(metrics)}
 <h3>Harmlessness against helpfulness</h3>{pareto_svg(models)}
 <h3>Refusal rate by category (95% intervals)</h3>{bars_svg(models)}
 <h2>Supervisor calibration</h2>{_md_table(cal_md.read_text()) if cal_md.exists() else '<p>not run</p>'}
+<h2>Refusal judge calibration</h2>{_refusal_section(refusal_md)}
 <h2>Before and after</h2>{_cards(run, list(models))}
 <h2>Constitution: {html.escape(c.name)}</h2>{principles}
 <h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>peak RSS MiB</th><th>counts</th></tr>
@@ -166,6 +207,17 @@ def render(run) -> str:
 def run(run):
     import os
 
+    from ..errors import CharterError
+
+    refusal_md = run.path("eval", "refusal_calibration.md")
+    if not refusal_md.exists():
+        try:  # the judge used in this report, measured against XSTest's human labels
+            from ..evals.refusal_calibration import calibrate_refusal, refusal_table
+
+            refusal_md.parent.mkdir(parents=True, exist_ok=True)
+            refusal_md.write_text(refusal_table(calibrate_refusal()) + "\n")
+        except CharterError:
+            pass
     path = run.path(OUTPUTS[0])
     tmp = path.with_name(".report.html.tmp")
     tmp.write_text(render(run))
