@@ -1,4 +1,4 @@
-"""`charter run | eval | judge | calibrate | compare`: one table of subcommand -> function.
+"""`charter run | eval | judge | calibrate | compare | family`: one table of subcommand -> function.
 
 User mistakes raise `CharterError` and print one line naming the file:line or
 key, with exit status 2 and no traceback.
@@ -142,6 +142,14 @@ def cmd_compare(a):
     print(f"{len(res['models'])} models x {len(a.suite)} suites -> {a.out}/table.{{md,html,csv}}")
 
 
+def cmd_family(a):
+    from .family import run_family
+
+    res = run_family(a.config, a.out, force=a.force)
+    print((Path(a.out) / "compare" / "table.md").read_text(), end="")
+    print(f"{len(res['models'])} columns -> {a.out}/compare/table.{{md,html,csv}}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="charter", description="Align a chat model to a constitution with AI feedback.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -195,6 +203,12 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--batch-size", type=int, default=16)
     k.add_argument("--device", default="auto")
     k.set_defaults(fn=cmd_compare)
+
+    f = sub.add_parser("family", help="run one config over several base models, then compare them")
+    f.add_argument("config", help="a family config, e.g. configs/family.yaml")
+    f.add_argument("--out", required=True)
+    f.add_argument("--force", action="store_true", help="label even if a supervisor failed its gate (recorded)")
+    f.set_defaults(fn=cmd_family)
     return p
 
 

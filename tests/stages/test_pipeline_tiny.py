@@ -17,7 +17,11 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 def tiny_cfg(tmp_path, model, extra=()):
     p = tmp_path / "tiny.yaml"
     p.write_text("# charter run tiny.yaml --out DIR\n")
-    return load_config(p, [
+    return load_config(p, [*tiny_overrides(model), *extra])
+
+
+def tiny_overrides(model):
+    return [
         f"model={model}", "device=cpu",
         "pools.redteam.limit=6", "pools.helpful.limit=3", "pools.lookalike.limit=3",
         "generate.max_new_tokens=8", "generate.batch_size=4",
@@ -26,7 +30,7 @@ def tiny_cfg(tmp_path, model, extra=()):
         "pairs.max_pairs=8", "pairs.max_new_tokens=8", "pairs.batch_size=4",
         "supervisor.kind=llm", f"supervisor.model={model}", "supervisor.threshold=0.0",
         "dpo.max_steps=2", "dpo.batch_size=4", "dpo.lr=1e-3", "dpo.margin=0.0", "dpo.max_length=128",
-        "evaluate.limit=2", "evaluate.max_new_tokens=8", *SUITES, *extra])
+        "evaluate.limit=2", "evaluate.max_new_tokens=8", *SUITES]
 
 
 # With the shared data present, the evaluate stage also runs a public suite and a capability suite.
@@ -157,3 +161,25 @@ def test_records_load_with_datasets(finished_run):
     for path in sorted(run.path("data").glob("*.jsonl")):
         ds = datasets.load_dataset("json", data_files=str(path), split="train")
         assert len(ds) == len(records.read(path)), path.name
+
+
+def test_family_runs_each_tier_and_writes_one_table(tiny_model, tmp_path):
+    import yaml
+
+    from charter.family import run_family
+
+    base = tiny_cfg(tmp_path, tiny_model)  # validates the overrides below
+    overrides = [o for o in tiny_overrides(tiny_model) if not o.startswith("model=")]
+    overrides += ["evaluate.suites=[]", "evaluate.capability=[]", "evaluate.models=[base, dpo]"]
+    (tmp_path / "run.yaml").write_text("# charter run run.yaml --out DIR\nseed: 0\n")
+    (tmp_path / "family.yaml").write_text(yaml.safe_dump({
+        "run": "run.yaml", "overrides": overrides, "suites": ["dev"], "limit": 4,
+        "members": [{"name": "a", "model": str(tiny_model)},
+                    {"name": "b", "model": str(tiny_model), "overrides": ["sft.max_steps=1"]}]}))
+    res = run_family(tmp_path / "family.yaml", tmp_path / "out")
+    assert base.hash()
+    assert len(res["models"]) == 4  # base and aligned, per tier
+    table = (tmp_path / "out" / "compare" / "table.md").read_text().splitlines()
+    assert len(table[0].split("|")) == 2 + 4 + 1
+    for name in ("a", "b"):
+        assert (tmp_path / "out" / name / "models" / "dpo" / "model.safetensors").exists()
