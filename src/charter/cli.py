@@ -142,6 +142,25 @@ def cmd_compare(a):
     print(f"{len(res['models'])} models x {len(a.suite)} suites -> {a.out}/table.{{md,html,csv}}")
 
 
+def cmd_lm_eval(a):
+    """Hand a model to lm-evaluation-harness, the standard implementation of capability benchmarks."""
+    import shutil
+    import subprocess
+
+    from .evals.compare import resolve
+    from .models import resolve_model
+
+    exe = shutil.which("lm_eval")
+    if exe is None:
+        raise CharterError("lm-evaluation-harness is not installed: `pip install lm-eval` (its tasks download "
+                           "data from the hub, so this needs network access)")
+    model = resolve_model(resolve(a.model)[1])
+    cmd = [exe, "--model", "hf", "--model_args", f"pretrained={model}", "--tasks", a.tasks,
+           "--output_path", a.out, *(["--limit", str(a.limit)] if a.limit else [])]
+    print("running:", " ".join(cmd))
+    raise SystemExit(subprocess.call(cmd))
+
+
 def cmd_family(a):
     from .family import run_family
 
@@ -203,6 +222,13 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--batch-size", type=int, default=16)
     k.add_argument("--device", default="auto")
     k.set_defaults(fn=cmd_compare)
+
+    h = sub.add_parser("lm-eval", help="run lm-evaluation-harness on a model or run (needs lm-eval and network)")
+    h.add_argument("--model", required=True, help="default, a run directory, a model folder, .gguf or hub id")
+    h.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. gsm8k,mmlu")
+    h.add_argument("--out", required=True)
+    h.add_argument("--limit", type=int)
+    h.set_defaults(fn=cmd_lm_eval)
 
     f = sub.add_parser("family", help="run one config over several base models, then compare them")
     f.add_argument("config", help="a family config, e.g. configs/family.yaml")

@@ -38,7 +38,24 @@ def _versions():
     return out
 
 
+def reset_peak_rss():
+    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mib() -> float:
+    """Peak resident memory since the last reset (VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -164,6 +181,7 @@ class Run:
             log.info("stage %s: running", stage)
             info.update(status="running", started=time.time())
             self.save_manifest()
+            reset_peak_rss()
             t0 = time.time()
             counts = mod.run(self) or {}
             info.update(status="done", seconds=round(time.time() - t0, 1),

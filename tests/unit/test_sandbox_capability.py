@@ -68,3 +68,40 @@ def test_length_controlled_win_rate_removes_a_pure_length_preference():
     res = win_rate(PrefersLonger(), ["p"] * n, aligned, base)
     assert res["n"] == n and res["win_rate"] > 0.55
     assert abs(res["length_controlled"] - 0.5) < 0.06
+
+
+def test_choice_and_mbpp_suites_from_local_files(tmp_path, monkeypatch):
+    from charter.backends import get_backend
+    from charter.evals.capability import evaluate_capability
+
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text("".join(json.dumps({"question": f"q{i}?", "choices": ["a", "b", "c", "d"], "answer": i % 4}) + "\n"
+                            for i in range(8)))
+    gpqa = tmp_path / "gpqa.jsonl"
+    gpqa.write_text(json.dumps({"Question": "q?", "Correct Answer": "yes", "Incorrect Answer 1": "no",
+                                "Incorrect Answer 2": "maybe", "Incorrect Answer 3": "never"}) + "\n")
+    mbpp = tmp_path / "mbpp.jsonl"
+    mbpp.write_text(json.dumps({"task_id": 1, "prompt": "Write add(a, b).", "test_list": ["assert add(1, 2) == 3"]})
+                    + "\n")
+    for name, path in (("MMLU", mmlu), ("GPQA", gpqa), ("MBPP", mbpp)):
+        monkeypatch.setenv(f"CHARTER_{name}", str(path))
+    fake = get_backend("fake")
+    m = evaluate_capability(fake, "mmlu", tmp_path / "out" / "mmlu.jsonl")
+    assert m["n"] == 8 and m["metric"] == "accuracy" and 0 <= m["score"] <= 1
+    assert evaluate_capability(fake, "gpqa", tmp_path / "out" / "gpqa.jsonl")["n"] == 1
+    r = evaluate_capability(fake, "mbpp", tmp_path / "out" / "mbpp.jsonl")
+    assert r["n"] == 1 and r["score"] == 0.0 and r["metric"] == "pass@1"  # the fake writes prose, not code
+    calls = fake.calls["next_token_logprobs"]
+    evaluate_capability(fake, "mmlu", tmp_path / "out" / "mmlu.jsonl")
+    assert fake.calls["next_token_logprobs"] == calls  # cached per item
+
+
+def test_missing_capability_suite_names_path_and_hub(tmp_path, monkeypatch):
+    from charter.backends import get_backend
+    from charter.errors import CharterError
+    from charter.evals.capability import evaluate_capability
+
+    monkeypatch.setenv("CHARTER_SHARED_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CharterError, match=r"'mmlu': not found at .* and the hub dataset 'cais/mmlu'"):
+        evaluate_capability(get_backend("fake"), "mmlu", tmp_path / "x.jsonl")

@@ -1,7 +1,8 @@
-"""Capability checks: GSM8K (exact match on the final number, few-shot) and HumanEval
-(pass@1 with greedy decoding, run in the sandbox). Both read the offline copies
-under the shared data folder or their hub ids, and cache per item, so a rerun
-only computes what is new. For the standard implementations, run
+"""Capability checks: GSM8K (exact match on the final number, few-shot), HumanEval and MBPP
+(pass@1 with greedy decoding, run in the sandbox), MMLU and GPQA (four-way multiple
+choice read from next-token log-probs). Each reads `$CHARTER_<NAME>` (a JSONL
+file), the offline copy under the shared data folder, or its hub id, and caches
+per item, so a rerun only computes what is new. For the standard implementations, run
 lm-evaluation-harness (`lm_eval --model hf --model_args pretrained=runs/demo/models/dpo
 --tasks gsm8k,humaneval`) where the network allows; charter does not wrap it.
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import re
+from pathlib import Path
 
 from .. import records
 from ..backends import GenParams
@@ -18,7 +21,11 @@ from ..prompts import shared_data
 from .core import wilson
 from .sandbox import run_python
 
-CAPABILITY_SUITES = ("gsm8k", "humaneval")
+CAPABILITY_SUITES = ("gsm8k", "humaneval", "mmlu", "gpqa", "mbpp")
+# Suites with no offline copy here: hub id, config, split. A local path can stand in (see `_load`).
+HUB = {"gsm8k": ("openai/gsm8k", "main", "test"), "humaneval": ("openai/openai_humaneval", None, "test"),
+       "mmlu": ("cais/mmlu", "all", "test"), "gpqa": ("Idavidrein/gpqa", "gpqa_main", "train"),
+       "mbpp": ("google-research-datasets/mbpp", "sanitized", "test")}
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -28,19 +35,24 @@ def _jsonl(path, gz=False):
         return [json.loads(l) for l in f if l.strip()]
 
 
-def _load(name: str, split: str):
-    local = {"gsm8k": shared_data() / "gsm8k" / f"{split}.jsonl",
-             "humaneval": shared_data() / "humaneval" / "HumanEval.jsonl.gz"}[name]
+def _load(name: str, split: str | None = None):
+    """Rows of a capability suite: `$CHARTER_<NAME>` (a JSONL file), the shared copy, or the hub."""
+    import os
+
+    env = os.environ.get(f"CHARTER_{name.upper()}")
+    local = Path(env) if env else {
+        "gsm8k": shared_data() / "gsm8k" / f"{split or 'test'}.jsonl",
+        "humaneval": shared_data() / "humaneval" / "HumanEval.jsonl.gz"}.get(name, shared_data() / name / "test.jsonl")
     if local.exists():
         return _jsonl(local, gz=local.suffix == ".gz")
-    hub = {"gsm8k": ("openai/gsm8k", "main"), "humaneval": ("openai/openai_humaneval", None)}[name]
+    hub, config, hub_split = HUB[name]
     try:
         import datasets
 
-        return list(datasets.load_dataset(hub[0], hub[1], split=split if name == "gsm8k" else "test"))
+        return list(datasets.load_dataset(hub, config, split=split or hub_split))
     except Exception as e:
-        raise CharterError(f"capability suite {name!r}: not found at {local} and the hub dataset {hub[0]!r} could "
-                           f"not be loaded ({type(e).__name__})") from None
+        raise CharterError(f"capability suite {name!r}: not found at {local} and the hub dataset {hub!r} could "
+                           f"not be loaded ({type(e).__name__}); set CHARTER_{name.upper()} to a JSONL file") from None
 
 
 def final_number(text: str):
@@ -83,12 +95,44 @@ def humaneval_items(limit=None):
     return items[:limit] if limit else items
 
 
+LETTERS = "ABCD"
+
+
+def choice_items(name: str, limit=None):
+    """MMLU (question, choices, answer index) and GPQA (Question, Correct Answer, Incorrect Answer 1-3)
+    as four-way multiple choice; GPQA's options are shuffled with a fixed seed."""
+    rows = _load(name)
+    items = []
+    for i, r in enumerate(rows):
+        if name == "gpqa":
+            opts = [r["Correct Answer"], r["Incorrect Answer 1"], r["Incorrect Answer 2"], r["Incorrect Answer 3"]]
+            order = list(range(4))
+            random.Random(i).shuffle(order)
+            choices, answer, q = [opts[k] for k in order], order.index(0), r["Question"]
+        else:
+            choices, answer, q = list(r["choices"]), int(r["answer"]), r["question"]
+        body = q.strip() + "\n" + "\n".join(f"{LETTERS[k]}. {c}" for k, c in enumerate(choices))
+        items.append({"id": f"{name}-{i}", "messages": [{"role": "user", "content": body + "\nAnswer with a letter."}],
+                      "answer": answer})
+    return items[:limit] if limit else items
+
+
+def mbpp_items(limit=None):
+    rows = _load("mbpp")
+    items = [{"id": f"mbpp-{r.get('task_id', i)}", "messages": [{"role": "user", "content":
+              f"{r.get('prompt') or r.get('text')}\nYour code should pass this test:\n{r['test_list'][0]}\n"
+              "Reply with the Python code in a ```python code block."}],
+              "prompt": "", "test": "\n".join(r["test_list"]), "entry_point": None} for i, r in enumerate(rows)]
+    return items[:limit] if limit else items
+
+
 def evaluate_capability(backend, name: str, out_path, limit=None, max_new_tokens=256, batch_size=8) -> dict:
     from tqdm import tqdm
 
     if name not in CAPABILITY_SUITES:
         raise CharterError(f"unknown capability suite {name!r} (use {', '.join(CAPABILITY_SUITES)})")
-    items = gsm8k_items(limit) if name == "gsm8k" else humaneval_items(limit)
+    items = {"gsm8k": gsm8k_items, "humaneval": humaneval_items, "mbpp": mbpp_items}.get(
+        name, lambda n: choice_items(name, n))(limit)
     if not items:
         raise CharterError(f"capability suite {name!r} is empty")
     done = records.done_ids(out_path)
@@ -97,15 +141,24 @@ def evaluate_capability(backend, name: str, out_path, limit=None, max_new_tokens
     with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{name}", unit="item") as bar:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i:i + batch_size]
-            outs = backend.generate([it["messages"] for it in chunk], params)
             recs = []
+            if name in ("mmlu", "gpqa"):  # read the answer letter from next-token log-probs
+                ctx = [backend.render(it["messages"]) + "Answer:" for it in chunk]
+                for it, lp in zip(chunk, backend.next_token_logprobs(ctx, [f" {l}" for l in LETTERS])):
+                    pred = max(range(4), key=lambda k: lp[k])
+                    recs.append({"id": it["id"], "pred": pred, "answer": it["answer"], "ok": pred == it["answer"]})
+                records.append(out_path, recs)
+                bar.update(len(chunk))
+                continue
+            outs = backend.generate([it["messages"] for it in chunk], params)
             for it, text in zip(chunk, outs):
                 if name == "gsm8k":
                     pred = final_number(text)
                     ok = pred is not None and it["target"] is not None and abs(pred - it["target"]) < 1e-6
                     recs.append({"id": it["id"], "response": text, "pred": pred, "target": it["target"], "ok": ok})
                 else:
-                    program = _code_from(text, it["prompt"]) + "\n\n" + it["test"] + f"\n\ncheck({it['entry_point']})\n"
+                    check = f"\n\ncheck({it['entry_point']})\n" if it["entry_point"] else "\n"
+                    program = _code_from(text, it["prompt"]) + "\n\n" + it["test"] + check
                     res = run_python(program, timeout_s=10, cpu_s=10, mem_mb=1024)
                     recs.append({"id": it["id"], "response": text, "ok": res.ok, "timed_out": res.timed_out,
                                  "error": res.stderr[-300:]})
@@ -115,4 +168,4 @@ def evaluate_capability(backend, name: str, out_path, limit=None, max_new_tokens
     rows = [r for r in records.read(out_path) if r["id"] in wanted]
     k = sum(bool(r["ok"]) for r in rows)
     return {"suite": name, "n": len(rows), "score": k / len(rows), "ci95": wilson(k, len(rows)),
-            "metric": "exact match" if name == "gsm8k" else "pass@1"}
+            "metric": {"gsm8k": "exact match", "mmlu": "accuracy", "gpqa": "accuracy"}.get(name, "pass@1")}
