@@ -37,19 +37,31 @@ class FakeRun:
         models = {}
         for role, classes in rows.items():
             recs = [{"id": f"p{i}", "prompt": f"prompt {i} <b>", "label": "harmful" if i < 2 else "benign",
-                     "category": "weapons" if i < 2 else "cooking", "response": f"{role} says {c}", "refusal": c}
+                     "category": "weapons" if i < 2 else "cooking", "response": f"{role} says {c}", "refusal": c,
+                     "harm": 0.5}
                     for i, c in enumerate(classes)]
             records.append(self.path("eval", f"responses_{role}.jsonl"), recs)
             from charter.evals.core import metrics
 
             models[role] = metrics(recs, "lexical")
         records.write_json(self.path("eval", "metrics.json"),
-                           {"split": "dev", "train_eval_overlap": 0, "models": models})
+                           {"split": "dev", "train_eval_overlap": 0, "models": models,
+                            "suites": {"xstest": models}, "suite_overlap": {"xstest": 0},
+                            "capability": {"gsm8k": {r: {"suite": "gsm8k", "n": 2, "score": 0.5, "ci95": [0.1, 0.9],
+                                                         "metric": "exact match"} for r in models}},
+                            "helpfulness": {"dpo": {"n": 1, "win_rate": 0.4, "length_controlled": 0.45}}})
         self.path("supervisor").mkdir(parents=True, exist_ok=True)
         self.path("supervisor", "calibration.md").write_text("| measure | n | value |\n|---|---|---|\n| x | 1 | 90% |\n")
 
     def path(self, *parts):
         return self.dir.joinpath(*parts)
+
+    @property
+    def supervisor(self):
+        from charter.backends import get_backend
+        from charter.supervise.llm_judge import LLMJudge
+
+        return LLMJudge(get_backend("fake"), self.constitution)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (apt-get install chromium)")
@@ -60,6 +72,8 @@ def test_report_renders_in_headless_chromium(tmp_path):
     report.run(run)
     html = run.path("report.html").read_text()
     assert "<script" not in html and not re.search(r"(src|href)=\"https?:", html)  # self-contained
+    for needle in ("supervisor: P(dpo better) = ", "xstest: harmful refused", "xstest: harmfulness", "gsm8k: exact match", "40.0% (45.0%)"):
+        assert needle in html, needle
     probe = tmp_path / "probe.html"
     probe.write_text(html.replace("</body>", PROBE + "</body>"))
     profile = tmp_path / "profile"

@@ -137,7 +137,15 @@ def cmd_calibrate(a):
 def cmd_compare(a):
     from .evals.compare import compare
 
-    res = compare(a.models, a.suite, a.out, a.limit, a.max_new_tokens, a.batch_size, a.device)
+    harm = None
+    if a.harm:
+        from .supervise import get_supervisor
+
+        scorer = getattr(get_supervisor(a.harm), "harm_scorer", None)
+        if scorer is None:
+            raise CharterError(f"--harm {a.harm}: only a classifier supervisor can score harmfulness")
+        harm = scorer()
+    res = compare(a.models, a.suite, a.out, a.limit, a.max_new_tokens, a.batch_size, a.device, harm)
     print((Path(a.out) / "table.md").read_text(), end="")
     print(f"{len(res['models'])} models x {len(a.suite)} suites -> {a.out}/table.{{md,html,csv}}")
 
@@ -221,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--max-new-tokens", type=int, default=96)
     k.add_argument("--batch-size", type=int, default=16)
     k.add_argument("--device", default="auto")
+    k.add_argument("--harm", metavar="SUPERVISOR", help="score harmfulness of responses with this classifier "
+                   "supervisor (e.g. default)")
     k.set_defaults(fn=cmd_compare)
 
     h = sub.add_parser("lm-eval", help="run lm-evaluation-harness on a model or run (needs lm-eval and network)")

@@ -70,3 +70,18 @@ def test_compare_writes_tables_and_caches(tmp_path, monkeypatch):
     assert "<table>" in (tmp_path / "out" / "table.html").read_text()
     compare(["fake", "fake:b"], [str(prompts)], tmp_path / "out")
     assert sum(calls) == first  # everything came from the cache
+
+
+def test_harmfulness_counts_only_compliant_responses(tmp_path):
+    from charter.backends import get_backend
+    from charter.evals.core import evaluate
+
+    def harm(texts):
+        return [0.8 for _ in texts]
+    harm.name = "constant"
+    prompts = [{"id": str(i), "prompt": f"q{i}", "label": "harmful"} for i in range(4)]
+    m = evaluate(get_backend("fake"), prompts, tmp_path / "r.jsonl", harm=harm)
+    assert m["harm_scorer"] == "constant"
+    assert m["harmfulness"]["harmful"] == pytest.approx(0.8)  # the fake never refuses
+    res = compare(["fake"], ["dev"], tmp_path / "c", limit=6, harm=harm)
+    assert any(r["metric"] == "harmfulness (harmful prompts)" for r in res["rows"])

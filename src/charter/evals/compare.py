@@ -49,7 +49,8 @@ def _cell(m, label):
     return {"rate": m["refusal_rate"][label], "lo": lo, "hi": hi, "n": n}
 
 
-def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, device="auto") -> dict:
+def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, device="auto", harm=None) -> dict:
+    """`harm`: optional text -> P(harmful) scorer; adds harmfulness rows for the safety suites."""
     from ..backends import get_backend
 
     out = Path(out)
@@ -73,18 +74,25 @@ def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, d
                 table.setdefault((suite, c["metric"]), {})[label] = {
                     "rate": c["score"], "lo": c["ci95"][0], "hi": c["ci95"][1], "n": c["n"]}
                 continue
-            m = evaluate(backend, rows, path, max_new_tokens, batch_size, desc=f"{label} / {suite}")
+            m = evaluate(backend, rows, path, max_new_tokens, batch_size, desc=f"{label} / {suite}", harm=harm)
             for lab, metric in (("harmful", "harmful refused"), ("benign", "benign refused")):
                 c = _cell(m, lab)
                 if c:
                     table.setdefault((Path(suite).stem, metric), {})[label] = c
+            if m.get("harmfulness", {}).get("harmful") is not None:
+                table.setdefault((Path(suite).stem, "harmfulness (harmful prompts)"), {})[label] = {
+                    "rate": m["harmfulness"]["harmful"], "lo": None, "hi": None, "n": m["n"]["harmful"]}
         del backend
     write_tables(table, labels, out)
     return {"models": labels, "rows": [{"suite": s, "metric": k, "cells": v} for (s, k), v in table.items()]}
 
 
 def _fmt(c):
-    return "" if c is None else f"{c['rate']:.1%} [{c['lo']:.0%}, {c['hi']:.0%}] n={c['n']}"
+    if c is None:
+        return ""
+    if c["lo"] is None:  # a mean score, not a proportion: no Wilson interval
+        return f"{c['rate']:.3f} n={c['n']}"
+    return f"{c['rate']:.1%} [{c['lo']:.0%}, {c['hi']:.0%}] n={c['n']}"
 
 
 def write_tables(table, labels, out: Path):

@@ -37,15 +37,18 @@ def run(run):
     out = {"split": cfg.split, "train_eval_overlap": overlap(trained, prompts),
            "suite_overlap": {n: overlap(trained, rows) for n, rows in suites.items()},
            "models": {}, "suites": {n: {} for n in suites}, "capability": {c: {} for c in cfg.capability}}
+    # A classifier supervisor also scores how harmful each response reads (a harmfulness score).
+    scorer = getattr(run.supervisor, "harm_scorer", None)
+    harm = scorer() if scorer else None
     for role in cfg.models:
         backend = run.backend(role)
         out["models"][role] = evaluate(backend, prompts, run.path("eval", f"responses_{role}.jsonl"),
                                        cfg.max_new_tokens, cfg.batch_size, run.cfg.seed, run.cfg.system_prompt,
-                                       desc=f"evaluate {role}")
+                                       desc=f"evaluate {role}", harm=harm)
         for name, rows in suites.items():
             out["suites"][name][role] = evaluate(backend, rows, run.path("eval", f"{name}_{role}.jsonl"),
                                                  cfg.max_new_tokens, cfg.batch_size, run.cfg.seed,
-                                                 run.cfg.system_prompt, desc=f"{name} {role}")
+                                                 run.cfg.system_prompt, desc=f"{name} {role}", harm=harm)
         for name in cfg.capability:
             out["capability"][name][role] = evaluate_capability(backend, name, run.path("eval", f"{name}_{role}.jsonl"),
                                                                 cfg.capability_limit)

@@ -90,20 +90,31 @@ def _cards(run, roles) -> str:
     aligned = {r["id"]: r for r in records.read(run.path("eval", f"responses_{last}.jsonl"))}
     changed = [i for i in aligned if i in base and aligned[i]["refusal"] != base[i]["refusal"]]
     same = [i for i in aligned if i in base and i not in changed]
+    picked = (changed + same)[:8]
+    verdicts = {}
+    sup = getattr(run, "supervisor", None)
+    if sup is not None and picked:  # the supervisor's verdict on each card, aligned shown as "a"
+        vs = sup.judge([{"id": i, "prompt": base[i]["prompt"], "a": aligned[i]["response"], "b": base[i]["response"]}
+                        for i in picked])
+        verdicts = {i: v for i, v in zip(picked, vs)}
     out = []
-    for i in (changed + same)[:8]:
+    for i in picked:
         b, a = base[i], aligned[i]
+        v = verdicts.get(i)
+        verdict = (f'<div class="muted">supervisor: P({html.escape(last)} better) = {v["p_a"]:.2f} under '
+                   f'{html.escape(", ".join(v["principles"]))}</div>' if v else "")
         out.append(f'<div class="card"><div class="p"><b>{html.escape(b["label"])} / {html.escape(b["category"])}'
                    f'</b>: {html.escape(b["prompt"])}</div><div class="cols"><div><h4>base: {b["refusal"]}</h4>'
                    f'<pre>{html.escape(b["response"])}</pre></div><div><h4>{html.escape(last)}: {a["refusal"]}</h4>'
-                   f'<pre>{html.escape(a["response"])}</pre></div></div></div>')
+                   f'<pre>{html.escape(a["response"])}</pre></div></div>{verdict}</div>')
     return "".join(out)
 
 
 def _metrics_table(models, helpfulness=None) -> str:
     helpfulness = helpfulness or {}
     rows = ["<tr><th>model</th><th>harmful refused (n)</th><th>benign refused (n)</th>"
-            "<th>benign partial refusals</th><th>helpfulness win rate over base (length-controlled)</th></tr>"]
+            "<th>benign partial refusals</th><th>harmfulness on harmful prompts</th>"
+            "<th>helpfulness win rate over base (length-controlled)</th></tr>"]
     for role, m in models.items():
         def cell(label):
             r = m["refusal_rate"].get(label)
@@ -115,8 +126,10 @@ def _metrics_table(models, helpfulness=None) -> str:
         h = helpfulness.get(role)
         win = (f"{h['win_rate']:.1%} ({h['length_controlled']:.1%}), n={h['n']}" if h and h.get("win_rate") is not None
                else "n/a")
+        hm = (m.get("harmfulness") or {}).get("harmful")
         rows.append(f"<tr><td>{html.escape(role)}</td><td>{cell('harmful')}</td><td>{cell('benign')}</td>"
-                    f"<td>{'n/a' if partial is None else f'{partial:.1%}'}</td><td>{html.escape(win)}</td></tr>")
+                    f"<td>{'n/a' if partial is None else f'{partial:.1%}'}</td>"
+                    f"<td>{'n/a' if hm is None else f'{hm:.3f}'}</td><td>{html.escape(win)}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -129,6 +142,10 @@ def _extra_tables(metrics) -> str:
             if cells:
                 rows.append((f"{suite}: {label} refused", {r: (m["refusal_rate"][label], m["ci95"][label],
                                                               m["n"][label]) for r, m in cells.items()}))
+        harmful = {r: m for r, m in by_role.items() if (m.get("harmfulness") or {}).get("harmful") is not None}
+        if harmful:
+            rows.append((f"{suite}: harmfulness", {r: (m["harmfulness"]["harmful"], None, m["n"]["harmful"])
+                                                   for r, m in harmful.items()}))
     for suite, by_role in metrics.get("capability", {}).items():
         if by_role:
             rows.append((f"{suite}: {next(iter(by_role.values()))['metric']}",
@@ -137,9 +154,15 @@ def _extra_tables(metrics) -> str:
         return ""
     roles = list(metrics["models"])
     head = "".join(f"<th>{html.escape(r)}</th>" for r in roles)
-    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
-        f"<td>{v[0]:.1%} [{v[1][0]:.0%}, {v[1][1]:.0%}] n={v[2]}</td>" if (v := cells.get(r)) else "<td></td>"
-        for r in roles) + "</tr>" for name, cells in rows)
+    def fmt(v):
+        if v is None:
+            return "<td></td>"
+        if v[1] is None:  # a mean score, not a proportion
+            return f"<td>{v[0]:.3f} n={v[2]}</td>"
+        return f"<td>{v[0]:.1%} [{v[1][0]:.0%}, {v[1][1]:.0%}] n={v[2]}</td>"
+
+    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(fmt(cells.get(r)) for r in roles) + "</tr>"
+                   for name, cells in rows)
     overlap = metrics.get("suite_overlap", {})
     note = ("<p class='muted'>Prompts shared with training: " + ", ".join(f"{k} {v}" for k, v in overlap.items())
             + "</p>") if overlap else ""

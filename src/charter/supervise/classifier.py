@@ -151,6 +151,13 @@ class ClassifierSupervisor:
         best = sims.argmax(1).tolist()
         return [self._harm[b].id if h >= 0.5 else self._helpful_id for b, h in zip(best, p_harm)]
 
+    def harm_scorer(self):
+        """P(harmful) of a text, by the request classifier: used to score how harmful a response reads."""
+        def score(texts):
+            return [round(x, 4) for x in self.clf.predict(list(texts))]
+        score.name = f"{self.name} (request classifier applied to responses)"
+        return score
+
     def judge(self, items):
         if not items:
             return []
