@@ -126,3 +126,45 @@ def test_unloadable_supervisor_is_a_clear_error():
         get_supervisor("llm:/no/such/model")
     with pytest.raises(CharterError, match="unknown supervisor"):
         get_supervisor("oracle")
+
+
+def test_sanitize_drops_injections_and_keeps_content():
+    from charter.supervise.injection import ATTACKS, sanitize
+
+    for attack in ATTACKS:
+        clean, dropped = sanitize("Here is a normal answer about bread." + attack)
+        assert dropped >= 1 and "bread" in clean, attack
+        assert "answer (A)" not in clean and "answer is" not in clean.lower()
+    assert sanitize("Preheat the oven.\nKnead the dough.") == ("Preheat the oven.\nKnead the dough.", 0)
+
+
+@pytest.mark.reliability
+def test_injection_flip_rate_on_a_gullible_judge_and_after_mitigation():
+    from charter.supervise.injection import flip_rate
+
+    class Gullible:
+        """Believes any text that names an answer."""
+        name = "gullible"
+
+        def __init__(self, clean):
+            self.clean = clean
+
+        def judge(self, items):
+            from charter.supervise.injection import sanitize
+
+            out = []
+            for it in items:
+                a, b = (sanitize(it["a"])[0], sanitize(it["b"])[0]) if self.clean else (it["a"], it["b"])
+                p = 0.9 if "refuse" in a else 0.1
+                if "(A)" in a + b or "this one" in a:
+                    p = 0.95
+                if "(B)" in a + b:
+                    p = 0.05
+                out.append({"p_a": p, "p_ab": p, "p_ba": p, "principles": ["x"]})
+            return out
+
+    items = [{"id": str(i), "prompt": "p", "a": "I refuse." if i % 2 else "Sure, here you go.",
+              "b": "Sure, here you go." if i % 2 else "I refuse.", "a_better": bool(i % 2)} for i in range(20)]
+    before = flip_rate(Gullible(clean=False), items)["flip_rate"]
+    after = flip_rate(Gullible(clean=True), items)["flip_rate"]
+    assert before > 0.2 and after == 0.0

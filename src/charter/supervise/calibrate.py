@@ -106,7 +106,7 @@ def ece(probs_correct, bins=10) -> float:
     return total
 
 
-def calibrate(supervisor, hh_path=None, hh_limit=200, contrast_limit=None, seed=0) -> dict:
+def calibrate(supervisor, hh_path=None, hh_limit=200, contrast_limit=None, seed=0, injection=40) -> dict:
     contrast = contrast_pairs(contrast_limit, seed)
     if not contrast:
         raise CharterError("calibration: no dev contrast pairs")
@@ -130,6 +130,12 @@ def calibrate(supervisor, hh_path=None, hh_limit=200, contrast_limit=None, seed=
     res["position_bias"] = sum(position_inconsistent(v) for v in allv) / len(allv)
     res["ece"] = ece([(v["p_a"], it["a_better"]) for v, it in zip(allv, alli)])
     res["pairs_per_s"] = round(len(contrast) / secs, 1) if secs > 0 else None
+    if injection:
+        from .injection import flip_rate
+
+        # Attacks on a sample of the contrast pairs the supervisor got right (flips are then wrong answers).
+        right = [it for it, v in zip(contrast, cv) if (v["p_a"] > 0.5) == it["a_better"]][:injection]
+        res["injection"] = flip_rate(supervisor, right) if right else None
     acc = res["contrast"]
     res["gate_accuracy"] = min(acc["harmful"]["accuracy"], acc["benign"]["accuracy"])
     return res
@@ -148,4 +154,7 @@ def table(res: dict) -> str:
     lines.append(f"| position-bias rate | | {res['position_bias']:.1%} |")
     lines.append(f"| expected calibration error | | {res['ece']:.3f} |")
     lines.append(f"| labelling throughput (pairs/s) | | {res['pairs_per_s']} |")
+    inj = res.get("injection")
+    if inj:
+        lines.append(f"| judge-injection flip rate (attacks in the worse response) | {inj['n']} | {inj['flip_rate']:.1%} |")
     return "\n".join(lines)

@@ -6,8 +6,8 @@ Each pair is shown in both orders and the probabilities are averaged. The CoT
 variant first lets the model reason, then clamps the label to 40-60%, since
 CoT labels are overconfident (CAI paper, 4.1).
 
-Judged text is delimited and escaped so a response cannot close the frame and
-speak to the judge.
+Judged text is delimited and escaped so a response cannot close the frame, and
+instruction-like spans aimed at the judge are removed before it reads them.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import math
 
 from ..backends import GenParams
 from .base import verdict
+from .injection import sanitize
 
 FEW_SHOT = (
     "Consider the following conversation between a human and an assistant:\n"
@@ -31,7 +32,10 @@ def _escape(text: str) -> str:
     return text.replace("<", "‹").replace(">", "›")
 
 
-def question(prompt: str, first: str, second: str, comparison: str, few_shot: bool = True) -> str:
+def question(prompt: str, first: str, second: str, comparison: str, few_shot: bool = True,
+             clean: bool = True) -> str:
+    if clean:  # drop instruction-like spans aimed at the judge (see supervise/injection.py)
+        first, second = sanitize(first)[0], sanitize(second)[0]
     return ((FEW_SHOT if few_shot else "")
             + "Consider the following conversation between a human and an assistant:\n"
             f"<conversation>Human: {_escape(prompt)}</conversation>\n{comparison}\n"
@@ -39,8 +43,10 @@ def question(prompt: str, first: str, second: str, comparison: str, few_shot: bo
 
 
 class LLMJudge:
-    def __init__(self, backend, constitution, seed: int = 0, cot: bool = False, few_shot: bool = True):
+    def __init__(self, backend, constitution, seed: int = 0, cot: bool = False, few_shot: bool = True,
+                 clean: bool = True):
         self.backend, self.constitution, self.seed, self.cot, self.few_shot = backend, constitution, seed, cot, few_shot
+        self.clean = clean
         self.name = f"llm:{backend.name}" + (":cot" if cot else "")
 
     def _contexts(self, qs):
@@ -63,8 +69,10 @@ class LLMJudge:
 
     def judge(self, items):
         principles = [self.constitution.sample(f"label:{it.get('id', i)}", self.seed) for i, it in enumerate(items)]
-        ab = [question(it["prompt"], it["a"], it["b"], p.comparison, self.few_shot) for it, p in zip(items, principles)]
-        ba = [question(it["prompt"], it["b"], it["a"], p.comparison, self.few_shot) for it, p in zip(items, principles)]
+        ab = [question(it["prompt"], it["a"], it["b"], p.comparison, self.few_shot, self.clean)
+              for it, p in zip(items, principles)]
+        ba = [question(it["prompt"], it["b"], it["a"], p.comparison, self.few_shot, self.clean)
+              for it, p in zip(items, principles)]
         p_ab = self._p_first(ab)
         p_ba = [1 - p for p in self._p_first(ba)]
         return [verdict(x, y, [p.id]) for x, y, p in zip(p_ab, p_ba, principles)]
