@@ -1,6 +1,8 @@
 """Helpers shared by the record-producing stages."""
 from __future__ import annotations
 
+import hashlib
+
 from tqdm import tqdm
 
 from .. import records
@@ -20,6 +22,13 @@ def messages(run, prompt: str):
     return user(prompt, run.cfg.system_prompt)
 
 
+def chunk_seed(seed: int, chunk) -> int:
+    """A sampling seed that depends on which records a chunk holds, not on where a (resumed) run
+    started, so a killed and resumed stage samples exactly what an uninterrupted one would."""
+    key = "\x00".join(r["id"] for r in chunk)
+    return seed * 1_000_003 + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+
+
 def generate_into(run, stage: str, path, rows, backend, params: GenParams, field="response", desc=None,
                   make_messages=None):
     """Generate one response per row and append records, skipping ids already written.
@@ -35,7 +44,7 @@ def generate_into(run, stage: str, path, rows, backend, params: GenParams, field
         for i in range(0, len(todo), bs):
             chunk = todo[i:i + bs]
             p = GenParams(params.max_new_tokens, params.temperature, params.top_p,
-                          seed=params.seed + i // bs + 7919 * len(done), batch_size=bs)
+                          seed=chunk_seed(params.seed, chunk), batch_size=bs)
             texts = backend.generate([make_messages(r) for r in chunk], p)
             recs = [run.stamp({**r, field: t, "model": backend.name}, stage) for r, t in zip(chunk, texts)]
             records.append(path, recs)

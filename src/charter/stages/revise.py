@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .. import records
 from ..backends import GenParams
-from .common import messages
+from .common import chunk_seed, messages
 
 OUTPUTS = ["data/revise.jsonl"]
 
@@ -71,7 +71,7 @@ def run(run):
             traces = [[] for _ in chunk]
             for rnd in range(cfg.rounds):
                 principles = [run.constitution.sample(f"{r['id']}:{rnd}", run.cfg.seed, kind="harm") for r in chunk]
-                seed = run.cfg.seed + 1000 * rnd + start
+                seed = chunk_seed(run.cfg.seed + 1000 * rnd, chunk)
                 crit_p = GenParams(cfg.critique_tokens, cfg.temperature, 0.95, seed, bs)
                 crit_msgs = [_convo(run, r, h + [{"role": "user", "content": p.critique}])
                              for r, h, p in zip(chunk, hist, principles)]
