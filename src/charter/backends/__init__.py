@@ -2,7 +2,8 @@
 so `import charter` never imports torch-heavy or optional engines.
 
 Spec forms: `fake`, `fake:NAME`, `default`, a hub id, a local folder, a `.gguf` file,
-or `hf:SPEC` to force the transformers backend.
+`hf:SPEC` to force the transformers backend, or `http(s)://HOST:PORT/v1?model=NAME`
+for an OpenAI-compatible server.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .base import Backend, GenParams, user  # noqa: F401
 REGISTRY = {
     "fake": "charter.backends.fake:FakeBackend",
     "hf": "charter.backends.hf:HFBackend",
+    "http": "charter.backends.http:HTTPBackend",
 }
 
 
@@ -23,6 +25,8 @@ def _load(target: str):
 
 def get_backend(spec: str, **kwargs) -> Backend:
     """Build the backend a spec names (see module docstring)."""
+    if spec.startswith(("http://", "https://")):
+        return _load(REGISTRY["http"])(spec, **kwargs)
     kind, _, rest = spec.partition(":")
     if kind in REGISTRY and (rest or kind == "fake"):
         return _load(REGISTRY[kind])(rest or spec, **kwargs)
