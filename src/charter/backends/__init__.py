@@ -15,6 +15,7 @@ REGISTRY = {
     "fake": "charter.backends.fake:FakeBackend",
     "hf": "charter.backends.hf:HFBackend",
     "http": "charter.backends.http:HTTPBackend",
+    "vllm": "charter.backends.vllm:VLLMBackend",
 }
 
 
