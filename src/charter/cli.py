@@ -22,7 +22,13 @@ def cmd_run(a):
 
     cfg = load_config(a.config, a.overrides)
     run = Run(cfg, a.out, force=a.force)
-    m = run.execute(restart=a.restart)
+    if a.stages:
+        from .run import STAGES
+
+        unknown = [x for x in a.stages if x not in STAGES]
+        if unknown:
+            raise CharterError(f"--stages: unknown stage(s) {', '.join(unknown)} (stages: {', '.join(STAGES)})")
+    m = run.execute(stages=a.stages, restart=a.restart)
     print(f"run finished: {a.out} (final model: {m.get('final_model')})")
     metrics = run.path("eval", "metrics.json")
     if metrics.exists():
@@ -188,6 +194,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--force", action="store_true", help="label even if the supervisor failed its gate (recorded)")
     r.add_argument("--restart", metavar="STAGE", help="redo STAGE and every stage after it")
+    r.add_argument("--stages", nargs="+", metavar="STAGE",
+                   help="run only these stages (e.g. under accelerate launch: --stages sft dpo)")
     r.set_defaults(fn=cmd_run)
 
     e = sub.add_parser("eval", help="refusal rates of a model on labelled prompts")
@@ -256,7 +264,10 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     if a.cmd == "run":
-        a.overrides = list(a.overrides) + extra
+        # `--stages sft dpo k=v` leaves the overrides inside --stages' list: move them back.
+        moved = [x for x in (a.stages or []) if "=" in x]
+        a.stages = [x for x in (a.stages or []) if "=" not in x] or None
+        a.overrides = list(a.overrides) + extra + moved
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="charter: %(message)s")
     for name in ("transformers", "datasets", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)

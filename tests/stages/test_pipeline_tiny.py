@@ -183,3 +183,30 @@ def test_family_runs_each_tier_and_writes_one_table(tiny_model, tmp_path):
     assert len(table[0].split("|")) == 2 + 4 + 1
     for name in ("a", "b"):
         assert (tmp_path / "out" / name / "models" / "dpo" / "model.safetensors").exists()
+
+
+def test_training_runs_under_accelerate_launch_on_one_cpu_process(finished_run, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run, cfg, _ = finished_run
+    work = tmp_path / "run"
+    shutil.copytree(run.dir, work)
+    root = Path(__file__).resolve().parents[2]
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    assert accelerate, "accelerate is installed with trl"
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text("# charter run tiny.yaml --out DIR\n")
+    overrides = tiny_overrides(cfg.model)
+    before = weights(work / "models" / "sft")
+    r = subprocess.run([accelerate, "launch", "--config_file", str(root / "configs" / "accelerate" / "cpu.yaml"),
+                        "-m", "charter.cli", "run", str(cfg_file), "--out", str(work), "--restart", "sft",
+                        "--stages", "sft", *overrides, "sft.lr=5e-3"],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert changed(before, weights(work / "models" / "sft"))
+    m = json.loads((work / "manifest.json").read_text())
+    assert m["stages"]["sft"]["status"] == "done" and m["stages"]["dpo"]["status"] == "pending"

@@ -69,3 +69,26 @@ def test_overrides_apply_and_are_checked(tmp_path):
     with pytest.raises(CharterError, match="override 'sft.nope=1'"):
         load_config(p, ["sft.nope=1"])
     assert load_config(p, ["seed=1"]).hash() != load_config(p).hash()
+
+
+def test_accelerate_configs_parse_and_open_with_their_command():
+    import yaml
+
+    paths = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"1gpu", "8gpu_zero3", "multinode", "cpu"}
+    for p in paths:
+        head = [l for l in p.read_text().splitlines() if l.startswith("#")]
+        assert any("accelerate launch --config_file configs/accelerate/" in l for l in head), p
+        d = yaml.safe_load(p.read_text())
+        assert d["distributed_type"] in ("NO", "DEEPSPEED", "MULTI_GPU") and d["num_processes"] >= 1
+        if d["distributed_type"] == "DEEPSPEED":
+            assert d["deepspeed_config"]["zero_stage"] == 3
+
+
+def test_stages_option_keeps_overrides(monkeypatch):
+    import charter.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_run", lambda a: seen.update(stages=a.stages, overrides=a.overrides))
+    assert cli.main(["run", "c.yaml", "--out", "d", "--stages", "sft", "dpo", "seed=3", "sft.lr=1e-4"]) == 0
+    assert seen == {"stages": ["sft", "dpo"], "overrides": ["seed=3", "sft.lr=1e-4"]}
