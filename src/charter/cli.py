@@ -151,7 +151,7 @@ def cmd_compare(a):
         if scorer is None:
             raise CharterError(f"--harm {a.harm}: only a classifier supervisor can score harmfulness")
         harm = scorer()
-    res = compare(a.models, a.suite, a.out, a.limit, a.max_new_tokens, a.batch_size, a.device, harm)
+    res = compare(a.models, a.suite, a.out, a.limit, a.max_new_tokens, a.batch_size, a.device, harm, a.by_category)
     print((Path(a.out) / "table.md").read_text(), end="")
     print(f"{len(res['models'])} models x {len(a.suite)} suites -> {a.out}/table.{{md,html,csv}}")
 
@@ -239,6 +239,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="auto")
     k.add_argument("--harm", metavar="SUPERVISOR", help="score harmfulness of responses with this classifier "
                    "supervisor (e.g. default)")
+    k.add_argument("--by-category", action="store_true", help="also one row per category (e.g. XSTest types)")
     k.set_defaults(fn=cmd_compare)
 
     h = sub.add_parser("lm-eval", help="run lm-evaluation-harness on a model or run (needs lm-eval and network)")

@@ -183,7 +183,11 @@ class Run:
             self.save_manifest()
             reset_peak_rss()
             t0 = time.time()
+            self.truncated = 0
             counts = mod.run(self) or {}
+            self.release()
+            if self.truncated:
+                counts["truncated_prompts"] = self.truncated
             info.update(status="done", seconds=round(time.time() - t0, 1),
                         peak_rss_mib=round(peak_rss_mib(), 1), **counts)
             self.save_manifest()

@@ -78,6 +78,16 @@ def test_all_stages_finish_and_write_artifacts(finished_run):
         assert "xstest: harmful refused" in html and "gsm8k: exact match" in html
 
 
+def test_run_directory_is_safe_to_share(finished_run):
+    """No world-writable paths, and nothing stored with pickle (records are JSON, models safetensors)."""
+    run, _, _ = finished_run
+    for p in [run.dir, *run.dir.rglob("*")]:
+        assert not p.stat().st_mode & 0o002, p
+        assert p.suffix not in (".pkl", ".pickle", ".pt", ".bin", ".pth"), p
+    m = json.loads(run.path("manifest.json").read_text())
+    assert m["config"]["trust_remote_code"] is False
+
+
 def test_training_changed_the_weights(finished_run, tiny_model):
     run, _, _ = finished_run
     base, sft, dpo = weights(tiny_model), weights(run.path("models/sft")), weights(run.path("models/dpo"))

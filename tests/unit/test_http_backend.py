@@ -111,3 +111,21 @@ def test_requests_per_minute_limit(server):
     t0 = time.time()
     b.generate([user(f"q{i}") for i in range(6)], GenParams())
     assert time.time() - t0 >= 0.45
+
+
+def test_api_key_never_reaches_outputs(server, tmp_path, monkeypatch, capsys):
+    """Run `charter eval` through the HTTP backend with a fake key; grep everything it wrote."""
+    from charter.cli import main
+
+    secret = "sk-charter-fake-key-0123456789"
+    monkeypatch.setenv("CHARTER_API_KEY", secret)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "1", "prompt": "hello", "label": "benign"}) + "\n")
+    out = tmp_path / "out"
+    assert main(["-v", "eval", "--model", f"{server.url}?model=tiny", "--prompts", str(prompts), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert secret not in printed.out + printed.err
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    assert server.requests and all(h["Authorization"] == f"Bearer {secret}" for _, h, _ in server.requests)

@@ -49,8 +49,10 @@ def _cell(m, label):
     return {"rate": m["refusal_rate"][label], "lo": lo, "hi": hi, "n": n}
 
 
-def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, device="auto", harm=None) -> dict:
-    """`harm`: optional text -> P(harmful) scorer; adds harmfulness rows for the safety suites."""
+def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, device="auto", harm=None,
+            by_category=False) -> dict:
+    """`harm`: optional text -> P(harmful) scorer; adds harmfulness rows for the safety suites.
+    `by_category`: also one row per category (e.g. XSTest's prompt types)."""
     from ..backends import get_backend
 
     out = Path(out)
@@ -79,6 +81,10 @@ def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, d
                 c = _cell(m, lab)
                 if c:
                     table.setdefault((Path(suite).stem, metric), {})[label] = c
+            if by_category:
+                for cat, c in m["by_category"].items():
+                    table.setdefault((Path(suite).stem, f"{cat} refused"), {})[label] = {
+                        "rate": c["refusal_rate"], "lo": c["ci95"][0], "hi": c["ci95"][1], "n": c["n"]}
             if m.get("harmfulness", {}).get("harmful") is not None:
                 table.setdefault((Path(suite).stem, "harmfulness (harmful prompts)"), {})[label] = {
                     "rate": m["harmfulness"]["harmful"], "lo": None, "hi": None, "n": m["n"]["harmful"]}
