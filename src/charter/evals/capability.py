@@ -127,43 +127,34 @@ def mbpp_items(limit=None):
 
 
 def evaluate_capability(backend, name: str, out_path, limit=None, max_new_tokens=256, batch_size=8) -> dict:
-    from tqdm import tqdm
-
     if name not in CAPABILITY_SUITES:
         raise CharterError(f"unknown capability suite {name!r} (use {', '.join(CAPABILITY_SUITES)})")
     items = {"gsm8k": gsm8k_items, "humaneval": humaneval_items, "mbpp": mbpp_items}.get(
         name, lambda n: choice_items(name, n))(limit)
     if not items:
         raise CharterError(f"capability suite {name!r} is empty")
-    done = records.done_ids(out_path)
-    todo = [it for it in items if it["id"] not in done]
     params = GenParams(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
-    with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{name}", unit="item") as bar:
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            recs = []
-            if name in ("mmlu", "gpqa"):  # read the answer letter from next-token log-probs
-                ctx = [backend.render(it["messages"]) + "Answer:" for it in chunk]
-                for it, lp in zip(chunk, backend.next_token_logprobs(ctx, [f" {l}" for l in LETTERS])):
-                    pred = max(range(4), key=lambda k: lp[k])
-                    recs.append({"id": it["id"], "pred": pred, "answer": it["answer"], "ok": pred == it["answer"]})
-                records.append(out_path, recs)
-                bar.update(len(chunk))
-                continue
-            outs = backend.generate([it["messages"] for it in chunk], params)
-            for it, text in zip(chunk, outs):
-                if name == "gsm8k":
-                    pred = final_number(text)
-                    ok = pred is not None and it["target"] is not None and abs(pred - it["target"]) < 1e-6
-                    recs.append({"id": it["id"], "response": text, "pred": pred, "target": it["target"], "ok": ok})
-                else:
-                    check = f"\n\ncheck({it['entry_point']})\n" if it["entry_point"] else "\n"
-                    program = _code_from(text, it["prompt"]) + "\n\n" + it["test"] + check
-                    res = run_python(program, timeout_s=10, cpu_s=10, mem_mb=1024)
-                    recs.append({"id": it["id"], "response": text, "ok": res.ok, "timed_out": res.timed_out,
-                                 "error": res.stderr[-300:]})
+    for chunk in records.resumable(out_path, items, batch_size, name, unit="item"):
+        recs = []
+        if name in ("mmlu", "gpqa"):  # read the answer letter from next-token log-probs
+            ctx = [backend.render(it["messages"]) + "Answer:" for it in chunk]
+            for it, lp in zip(chunk, backend.next_token_logprobs(ctx, [f" {l}" for l in LETTERS])):
+                pred = max(range(4), key=lambda k: lp[k])
+                recs.append({"id": it["id"], "pred": pred, "answer": it["answer"], "ok": pred == it["answer"]})
             records.append(out_path, recs)
-            bar.update(len(chunk))
+            continue
+        for it, text in zip(chunk, backend.generate([it["messages"] for it in chunk], params)):
+            if name == "gsm8k":
+                pred = final_number(text)
+                ok = pred is not None and it["target"] is not None and abs(pred - it["target"]) < 1e-6
+                recs.append({"id": it["id"], "response": text, "pred": pred, "target": it["target"], "ok": ok})
+            else:
+                check = f"\n\ncheck({it['entry_point']})\n" if it["entry_point"] else "\n"
+                program = _code_from(text, it["prompt"]) + "\n\n" + it["test"] + check
+                res = run_python(program, timeout_s=10, cpu_s=10, mem_mb=1024)
+                recs.append({"id": it["id"], "response": text, "ok": res.ok, "timed_out": res.timed_out,
+                             "error": res.stderr[-300:]})
+        records.append(out_path, recs)
     wanted = {it["id"] for it in items}
     rows = [r for r in records.read(out_path) if r["id"] in wanted]
     k = sum(bool(r["ok"]) for r in rows)

@@ -66,23 +66,16 @@ def evaluate(backend, prompts, out_path, max_new_tokens=96, batch_size=16, seed=
     """Greedy responses for `prompts` into `out_path` (resumable), then metrics.
 
     `harm`, if given, maps response texts to P(harmful content) and adds a harmfulness score."""
-    from tqdm import tqdm
-
     judge = judge or LexicalRefusalJudge()
-    done = {r["id"]: r for r in records.read(out_path)}
-    todo = [p for p in prompts if p["id"] not in done]
     params = GenParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=seed, batch_size=batch_size)
-    with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="prompt") as bar:
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            texts = backend.generate([user(p["prompt"], system) for p in chunk], params)
-            classes = judge.classify([p["prompt"] for p in chunk], texts)
-            harms = harm(texts) if harm else [None] * len(texts)
-            records.append(out_path, [{"id": p["id"], "prompt": p["prompt"], "label": p["label"],
-                                       "category": p.get("category", "uncategorised"), "response": t,
-                                       "refusal": c, "harm": h, "model": backend.name}
-                                      for p, t, c, h in zip(chunk, texts, classes, harms)])
-            bar.update(len(chunk))
+    for chunk in records.resumable(out_path, prompts, batch_size, desc, unit="prompt"):
+        texts = backend.generate([user(p["prompt"], system) for p in chunk], params)
+        classes = judge.classify([p["prompt"] for p in chunk], texts)
+        harms = harm(texts) if harm else [None] * len(texts)
+        records.append(out_path, [{"id": p["id"], "prompt": p["prompt"], "label": p["label"],
+                                   "category": p.get("category", "uncategorised"), "response": t,
+                                   "refusal": c, "harm": h, "model": backend.name}
+                                  for p, t, c, h in zip(chunk, texts, classes, harms)])
     wanted = {p["id"] for p in prompts}
     rows = [r for r in records.read(out_path) if r["id"] in wanted]
     out = metrics(rows, judge.name)

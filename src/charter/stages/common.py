@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 
-from tqdm import tqdm
-
 from .. import records
 from ..backends import GenParams, user
 from ..prompts import load_pool
@@ -36,17 +34,10 @@ def generate_into(run, stage: str, path, rows, backend, params: GenParams, field
     Rows are processed in chunks of `params.batch_size` and each chunk is written
     as soon as it is done, so a killed stage loses at most one chunk.
     """
-    done = records.done_ids(path)
-    todo = [r for r in rows if r["id"] not in done]
     make_messages = make_messages or (lambda r: messages(run, r["prompt"]))
-    bs = max(1, params.batch_size)
-    with tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc or stage, unit="rec") as bar:
-        for i in range(0, len(todo), bs):
-            chunk = todo[i:i + bs]
-            p = GenParams(params.max_new_tokens, params.temperature, params.top_p,
-                          seed=chunk_seed(params.seed, chunk), batch_size=bs)
-            texts = backend.generate([make_messages(r) for r in chunk], p)
-            recs = [run.stamp({**r, field: t, "model": backend.name}, stage) for r, t in zip(chunk, texts)]
-            records.append(path, recs)
-            bar.update(len(chunk))
+    for chunk in records.resumable(path, rows, params.batch_size, desc or stage):
+        p = GenParams(params.max_new_tokens, params.temperature, params.top_p,
+                      seed=chunk_seed(params.seed, chunk), batch_size=params.batch_size)
+        texts = backend.generate([make_messages(r) for r in chunk], p)
+        records.append(path, [run.stamp({**r, field: t, "model": backend.name}, stage) for r, t in zip(chunk, texts)])
     return records.read(path)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 
-from tqdm import tqdm
-
 from .. import records
 from ..errors import CharterError
 
@@ -36,15 +34,10 @@ def run(run):
     gate(run)
     path = run.path(OUTPUTS[0])
     pairs = records.read(run.path("data/pairs.jsonl"))
-    done = records.done_ids(path)
-    todo = [p for p in pairs if p["id"] not in done]
     sup = run.supervisor
-    with tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="label", unit="pair") as bar:
-        for i in range(0, len(todo), CHUNK):
-            chunk = todo[i:i + CHUNK]
-            vs = sup.judge(chunk)
-            records.append(path, [run.stamp({**p, **v, "supervisor": sup.name}, "label") for p, v in zip(chunk, vs)])
-            bar.update(len(chunk))
+    for chunk in records.resumable(path, pairs, CHUNK, "label", unit="pair"):
+        vs = sup.judge(chunk)
+        records.append(path, [run.stamp({**p, **v, "supervisor": sup.name}, "label") for p, v in zip(chunk, vs)])
     labels = records.read(path)
     decisive = sum(abs(r["p_a"] - 0.5) >= run.cfg.dpo.margin for r in labels)
     return {"labels": len(labels), "decisive": decisive}

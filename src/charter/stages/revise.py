@@ -7,8 +7,6 @@ from (seed, record id, round), so a resumed run samples the same ones.
 """
 from __future__ import annotations
 
-from tqdm import tqdm
-
 from .. import records
 from ..backends import GenParams
 from .common import chunk_seed, messages
@@ -60,40 +58,31 @@ def run(run):
     cfg = run.cfg.revise
     path = run.path(OUTPUTS[0])
     gen = [r for r in records.read(run.path("data/generate.jsonl")) if r["label"] == "harmful"]
-    done = records.done_ids(path)
-    todo = [r for r in gen if r["id"] not in done]
     backend = run.backend("base")
     bs = max(1, cfg.batch_size)
-    with tqdm(total=len(gen), initial=len(gen) - len(todo), desc="revise", unit="rec") as bar:
-        for start in range(0, len(todo), bs):
-            chunk = todo[start:start + bs]
-            hist = [[] for _ in chunk]
-            traces = [[] for _ in chunk]
-            for rnd in range(cfg.rounds):
-                principles = [run.constitution.sample(f"{r['id']}:{rnd}", run.cfg.seed, kind="harm") for r in chunk]
-                seed = chunk_seed(run.cfg.seed + 1000 * rnd, chunk)
-                crit_p = GenParams(cfg.critique_tokens, cfg.temperature, 0.95, seed, bs)
-                crit_msgs = [_convo(run, r, h + [{"role": "user", "content": p.critique}])
-                             for r, h, p in zip(chunk, hist, principles)]
-                crits = backend.generate(crit_msgs, crit_p)
-                rev_p = GenParams(cfg.revision_tokens, cfg.temperature, 0.95, seed + 1, bs)
-                rev_msgs = [m + [{"role": "assistant", "content": c}, {"role": "user", "content": p.revision}]
-                            for m, c, p in zip(crit_msgs, crits, principles)]
-                revs = backend.generate(rev_msgs, rev_p)
-                for i, (p, c, v) in enumerate(zip(principles, crits, revs)):
-                    traces[i].append({"principle": p.id, "critique": c, "revision": v})
-                    # The next round critiques the newest revision.
-                    hist[i] = hist[i] + [{"role": "user", "content": p.critique}, {"role": "assistant", "content": c},
-                                         {"role": "user", "content": p.revision}, {"role": "assistant", "content": v}]
-            finals = [t[-1]["revision"] if t else r["response"] for r, t in zip(chunk, traces)]
-            checks = _check(run, chunk, finals, [t[-1]["principle"] if t else None for t in traces])
-            recs = []
-            for r, t, final, (text, source, p_rev) in zip(chunk, traces, finals, checks):
-                recs.append(run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
-                                      {"initial": r["response"], "rounds": t, "model_revision": final,
-                                       "revision": text, "revision_source": source, "p_revision_better": p_rev},
-                                      "revise"))
-            records.append(path, recs)
-            bar.update(len(chunk))
+    for chunk in records.resumable(path, gen, bs, "revise"):
+        hist = [[] for _ in chunk]
+        traces = [[] for _ in chunk]
+        for rnd in range(cfg.rounds):
+            principles = [run.constitution.sample(f"{r['id']}:{rnd}", run.cfg.seed, kind="harm") for r in chunk]
+            seed = chunk_seed(run.cfg.seed + 1000 * rnd, chunk)
+            crit_msgs = [_convo(run, r, h + [{"role": "user", "content": p.critique}])
+                         for r, h, p in zip(chunk, hist, principles)]
+            crits = backend.generate(crit_msgs, GenParams(cfg.critique_tokens, cfg.temperature, 0.95, seed, bs))
+            rev_msgs = [m + [{"role": "assistant", "content": c}, {"role": "user", "content": p.revision}]
+                        for m, c, p in zip(crit_msgs, crits, principles)]
+            revs = backend.generate(rev_msgs, GenParams(cfg.revision_tokens, cfg.temperature, 0.95, seed + 1, bs))
+            for i, (p, c, v) in enumerate(zip(principles, crits, revs)):
+                traces[i].append({"principle": p.id, "critique": c, "revision": v})
+                # The next round critiques the newest revision.
+                hist[i] = hist[i] + [{"role": "user", "content": p.critique}, {"role": "assistant", "content": c},
+                                     {"role": "user", "content": p.revision}, {"role": "assistant", "content": v}]
+        finals = [t[-1]["revision"] if t else r["response"] for r, t in zip(chunk, traces)]
+        checks = _check(run, chunk, finals, [t[-1]["principle"] if t else None for t in traces])
+        records.append(path, [run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
+                                        {"initial": r["response"], "rounds": t, "model_revision": final,
+                                         "revision": text, "revision_source": source, "p_revision_better": p_rev},
+                                        "revise")
+                              for r, t, final, (text, source, p_rev) in zip(chunk, traces, finals, checks)])
     rows = records.read(path)
     return {"records": len(rows), "model_revisions_kept": sum(r["revision_source"] == "model" for r in rows)}
