@@ -171,6 +171,9 @@ class RunConfig:
     """`auto`, `cpu` or `cuda`."""
     system_prompt: Optional[str] = None
     """Optional system message for every generation."""
+    trust_remote_code: bool = False
+    """Let transformers run model code shipped with a hub model. Off unless you set it; it is recorded
+    in the manifest with the rest of the config. Weights load from safetensors only, either way."""
     pools: PoolsConfig = field(default_factory=PoolsConfig)
     """Prompt pools."""
     generate: SamplingConfig = field(default_factory=SamplingConfig)

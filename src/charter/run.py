@@ -116,7 +116,8 @@ class Run:
             from .backends import get_backend
 
             self._backends.clear()  # keep one model in memory at a time
-            self._backends[spec] = get_backend(spec, device=self.cfg.device)
+            self._backends[spec] = get_backend(spec, device=self.cfg.device,
+                                               trust_remote_code=self.cfg.trust_remote_code)
         return self._backends[spec]
 
     @property

@@ -43,6 +43,7 @@ def trl_args(cls, cfg, out_dir, seed: int, device: str, **extra):
         dataloader_num_workers=0,
         disable_tqdm=False,
         max_length=cfg.max_length,
+        include_num_input_tokens_seen=True,  # for tokens/s and achieved FLOP/s in the manifest
         **extra,
     )
 

@@ -65,10 +65,10 @@ def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False)
 
 class HFBackend:
     def __init__(self, spec: str = "default", device: str = "auto", model=None, tokenizer=None,
-                 progress: bool = True, **_):
+                 progress: bool = True, trust_remote_code: bool = False, **_):
         self.name = spec
         if model is None:
-            model, tokenizer, _ = load_model(spec, device)
+            model, tokenizer, _ = load_model(spec, device, trust_remote_code)
         self.model, self.tok = model, tokenizer
         self.device = next(model.parameters()).device
         self.progress = progress
