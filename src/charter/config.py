@@ -125,6 +125,8 @@ class SupervisorConfig:
     """LLM judge: reason step by step first, then clamp the label to 40-60% (CAI paper, 4.1)."""
     threshold: float = 0.9
     """Calibration gate: minimum accuracy on the dev contrast pairs before labels are used."""
+    hh_limit: int = 200
+    """Calibration: HH-RLHF harmless test pairs to measure agreement with human preferences on (0 skips)."""
     epochs: int = 10
     """Classifier: training epochs for its request-harm head."""
     members: int = 3

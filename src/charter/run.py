@@ -116,8 +116,10 @@ class Run:
             from .backends import get_backend
 
             self._backends.clear()  # keep one model in memory at a time
-            self._backends[spec] = get_backend(spec, device=self.cfg.device,
-                                               trust_remote_code=self.cfg.trust_remote_code)
+            backend = get_backend(spec, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code)
+            if role in ("sft", "dpo"):  # records name models relative to the run directory
+                backend.name = f"models/{role}"
+            self._backends[spec] = backend
         return self._backends[spec]
 
     @property

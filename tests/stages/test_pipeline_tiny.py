@@ -28,7 +28,7 @@ def tiny_overrides(model):
         "revise.rounds=2", "revise.critique_tokens=6", "revise.revision_tokens=8", "revise.batch_size=4",
         "sft.max_steps=2", "sft.batch_size=4", "sft.lr=1e-3", "sft.max_length=128",
         "pairs.max_pairs=8", "pairs.max_new_tokens=8", "pairs.batch_size=4",
-        "supervisor.kind=llm", f"supervisor.model={model}", "supervisor.threshold=0.0",
+        "supervisor.kind=llm", f"supervisor.model={model}", "supervisor.threshold=0.0", "supervisor.hh_limit=20",
         "dpo.max_steps=2", "dpo.batch_size=4", "dpo.lr=1e-3", "dpo.margin=0.0", "dpo.max_length=128",
         "evaluate.limit=2", "evaluate.max_new_tokens=8", *SUITES]
 

@@ -17,7 +17,13 @@ log = logging.getLogger("charter")
 
 def run(run):
     sup = run.supervisor
-    res = calibrate(sup, hh_limit=200, seed=run.cfg.seed)
+    from ..prompts import shared_data
+
+    hh = run.cfg.supervisor.hh_limit
+    if hh and not (shared_data() / "hh-rlhf").exists():
+        log.warning("HH-RLHF test pairs not found under %s; calibrating on the dev contrast pairs only", shared_data())
+        hh = 0
+    res = calibrate(sup, hh_limit=hh, seed=run.cfg.seed)
     res["threshold"] = run.cfg.supervisor.threshold
     res["passed"] = res["gate_accuracy"] >= run.cfg.supervisor.threshold
     res["cache"] = getattr(sup, "cache", None)
