@@ -177,10 +177,22 @@ class ClassifierSupervisor:
         return out
 
 
+def encoder_key(enc_dir: str) -> str:
+    """Identify an encoder by its weights' size and config, not its path: caches survive a new venv."""
+    from pathlib import Path
+
+    folder = Path(enc_dir)
+    if not folder.is_dir():
+        return enc_dir  # a hub id
+    parts = [(folder / "config.json").read_text() if (folder / "config.json").exists() else ""]
+    parts += [f"{f.name}:{f.stat().st_size}" for f in sorted(folder.glob("*.safetensors"))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
 def _train_or_load(texts, labels, enc_dir, epochs, seed) -> tuple[HarmClassifier, str]:
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(json.dumps([texts, labels, enc_dir, epochs, seed]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([texts, labels, encoder_key(enc_dir), epochs, seed]).encode()).hexdigest()[:16]
     folder = models.cache_dir() / "supervisors" / key
     clf = HarmClassifier(enc_dir)
     weights = folder / "classifier.safetensors"
