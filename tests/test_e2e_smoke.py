@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def charter(*args, cwd=ROOT):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "charter.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=1200)
+                          text=True, timeout=2400)
 
 
 @pytest.fixture(scope="module")
