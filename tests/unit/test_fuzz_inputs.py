@@ -12,6 +12,7 @@ from charter.constitution import load_constitution
 from charter.errors import CharterError
 from charter.prompts import read_prompt_file
 
+pytestmark = pytest.mark.reliability
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
