@@ -72,7 +72,6 @@ def bench_labelling(backend, constitution, items):
 
 
 def bench_training(model_dir, steps):
-    import torch
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
@@ -100,7 +99,6 @@ def bench_training(model_dir, steps):
                                                precompute_ref_log_probs=True), train_dataset=ds, processing_class=tok)
     out["dpo"] = train_stats(tr, timed_train(tr), n_params)
     out["params"] = n_params
-    del torch
     return out
 
 
