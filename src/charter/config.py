@@ -162,6 +162,22 @@ class EvalConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    kind: Literal["local", "ray"] = "local"
+    """`local` computes every record in this process; `ray` shards generation, critique/revision,
+    labelling and evaluation over Ray workers (training stays in the driver, see `accelerate`)."""
+    address: str = "local"
+    """Ray cluster: `local` starts one on this machine, `auto` joins the cluster this machine is part
+    of, `HOST:PORT` joins the head node there, `ray://HOST:10001` connects as a Ray client."""
+    workers: int = 2
+    """Ray workers (actors), each holding one copy of the model it serves."""
+    cpus_per_worker: float = 1
+    """CPUs Ray reserves per worker; torch in the worker uses that many threads."""
+    gpus_per_worker: float = 0
+    """GPUs Ray reserves per worker (e.g. 1 for a vLLM or transformers backend on CUDA)."""
+
+
+@dataclass
 class RunConfig:
     model: str = "default"
     """Base chat model: `default` (embedded SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file."""
@@ -192,9 +208,14 @@ class RunConfig:
     """Preference optimisation on the labelled pairs."""
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation of base, SFT and DPO models."""
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    """Where records are computed: this process, or Ray workers. Not part of the config hash: the
+    records are the same either way, so a run may switch executor and resume."""
 
     def hash(self) -> str:
-        blob = json.dumps(to_dict(self), sort_keys=True).encode()
+        d = to_dict(self)
+        d.pop("executor", None)
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

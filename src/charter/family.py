@@ -67,7 +67,7 @@ def run_family(path, out, force=False) -> dict:
         cfg = load_config(fam.run, [f"model={m.model}", *fam.overrides, *m.overrides])
         run_dir = out / m.name
         Run(cfg, run_dir, force=force).execute()
-        if fam.include_base:
+        if fam.include_base and m.model not in columns:  # tiers that share a base show it once
             columns.append(m.model)
         columns.append(str(run_dir))
     return compare(columns, fam.suites, out / "compare", fam.limit)

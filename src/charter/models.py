@@ -79,7 +79,13 @@ def gguf_to_safetensors(gguf: Path) -> Path:
 
 
 def resolve_model(spec: str) -> str:
-    """Turn `default`, a .gguf, a folder or a hub id into a from_pretrained target."""
+    """Turn `default`, a .gguf, a folder or a hub id into a from_pretrained target.
+
+    An engine prefix (`vllm:`, `hf:`) names how a model is served, not which weights: training
+    loads the same weights with transformers."""
+    for engine in ("vllm:", "hf:"):
+        if spec.startswith(engine):
+            spec = spec[len(engine):]
     if spec == "default":
         return str(gguf_to_safetensors(default_gguf()))
     path = Path(spec).expanduser()

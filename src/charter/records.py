@@ -65,6 +65,14 @@ def write_json(path, obj) -> None:
     os.replace(tmp, path)
 
 
+def pending(path, items, batch_size: int) -> list[list[dict]]:
+    """The chunks of `items` whose ids are not yet recorded in `path`, in order."""
+    done = done_ids(path)
+    todo = [it for it in items if it["id"] not in done]
+    bs = max(1, batch_size)
+    return [todo[i:i + bs] for i in range(0, len(todo), bs)]
+
+
 def resumable(path, items, batch_size: int, desc: str, unit: str = "rec"):
     """Yield chunks of `items` whose ids are not yet recorded in `path`, with a progress bar.
 
@@ -73,11 +81,8 @@ def resumable(path, items, batch_size: int, desc: str, unit: str = "rec"):
     """
     from tqdm import tqdm
 
-    done = done_ids(path)
-    todo = [it for it in items if it["id"] not in done]
-    bs = max(1, batch_size)
-    with tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit=unit) as bar:
-        for i in range(0, len(todo), bs):
-            chunk = todo[i:i + bs]
+    chunks = pending(path, items, batch_size)
+    with tqdm(total=len(items), initial=len(items) - sum(map(len, chunks)), desc=desc, unit=unit) as bar:
+        for chunk in chunks:
             yield chunk
             bar.update(len(chunk))

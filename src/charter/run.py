@@ -102,7 +102,8 @@ class Run:
             p = self.path("models", role)
             if not (p / "config.json").exists():
                 raise CharterError(f"{p}: the {role} model has not been trained yet")
-            return str(p)
+            # Trained models are served by the engine that served the base model.
+            return f"vllm:{p}" if self.cfg.model.startswith("vllm:") else str(p)
         return role
 
     def model_spec_resolved(self, role: str) -> str:
@@ -115,7 +116,7 @@ class Run:
         if spec not in self._backends:
             from .backends import get_backend
 
-            self._backends.clear()  # keep one model in memory at a time
+            self.release()  # keep one model in memory at a time
             backend = get_backend(spec, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code)
             if role in ("sft", "dpo"):  # records name models relative to the run directory
                 backend.name = f"models/{role}"
@@ -135,6 +136,9 @@ class Run:
         self._supervisor = value
 
     def release(self):
+        for b in self._backends.values():
+            if hasattr(b, "close"):  # engines that hold GPU memory outside Python's reach (vLLM)
+                b.close()
         self._backends.clear()
 
     # --- orchestration -----------------------------------------------------

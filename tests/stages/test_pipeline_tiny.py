@@ -188,9 +188,9 @@ def test_family_runs_each_tier_and_writes_one_table(tiny_model, tmp_path):
                     {"name": "b", "model": str(tiny_model), "overrides": ["sft.max_steps=1"]}]}))
     res = run_family(tmp_path / "family.yaml", tmp_path / "out")
     assert base.hash()
-    assert len(res["models"]) == 4  # base and aligned, per tier
+    assert len(res["models"]) == 3  # the shared base once, then each tier's aligned model
     table = (tmp_path / "out" / "compare" / "table.md").read_text().splitlines()
-    assert len(table[0].split("|")) == 2 + 4 + 1
+    assert len(table[0].split("|")) == 2 + 3 + 1
     for name in ("a", "b"):
         assert (tmp_path / "out" / name / "models" / "dpo" / "model.safetensors").exists()
 

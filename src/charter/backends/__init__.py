@@ -29,6 +29,7 @@ def get_backend(spec: str, **kwargs) -> Backend:
     if spec.startswith(("http://", "https://")):
         return _load(REGISTRY["http"])(spec, **kwargs)
     kind, _, rest = spec.partition(":")
+    kind = kind.partition("?")[0]
     if kind in REGISTRY and (rest or kind == "fake"):
         return _load(REGISTRY[kind])(rest or spec, **kwargs)
     return _load(REGISTRY["hf"])(spec, **kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 
 from .base import GenParams
 
@@ -20,7 +21,10 @@ def _h(*parts) -> float:
 
 class FakeBackend:
     def __init__(self, spec: str = "fake", **_):
-        self.name = spec
+        # `fake?delay=0.2` sleeps that many seconds per generate call: a stand-in for a slow model
+        # when testing progress, sharding and worker loss.
+        self.name, _, query = spec.partition("?")
+        self.delay = float(query.split("delay=", 1)[1]) if "delay=" in query else 0.0
         self.calls = {"generate": 0, "score": 0, "next_token_logprobs": 0}
 
     def render(self, messages, add_generation_prompt=True) -> str:
@@ -39,6 +43,8 @@ class FakeBackend:
 
     def generate(self, prompts, params: GenParams) -> list[str]:
         self.calls["generate"] += 1
+        if self.delay:
+            time.sleep(self.delay)
         return [self._reply(m, params, i) for i, m in enumerate(prompts)]
 
     def score(self, contexts, continuations) -> list[float]:

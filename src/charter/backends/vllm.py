@@ -56,6 +56,23 @@ class VLLMBackend:
                        enable_prefix_caching=True)  # judge prompts share long prefixes
         self.tok = self.llm.get_tokenizer()
 
+    def close(self):
+        """Give the GPU memory back, so that a training stage can use it next."""
+        import gc
+
+        engine = getattr(self.llm, "llm_engine", None)
+        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if shutdown:
+            shutdown()
+        del self.llm
+        gc.collect()
+        try:
+            import torch
+
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - best effort; CPU-only torch has nothing to free
+            pass
+
     def render(self, messages, add_generation_prompt=True) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 

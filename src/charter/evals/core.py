@@ -61,6 +61,27 @@ def metrics(rows, judge_name: str) -> dict:
     return out
 
 
+def eval_chunk(backend, chunk, params: GenParams, system=None, judge=None, harm=None) -> list[dict]:
+    """Greedy responses to one chunk of prompts, with their refusal class (and harm score)."""
+    judge = judge or LexicalRefusalJudge()
+    texts = backend.generate([user(p["prompt"], system) for p in chunk], params)
+    classes = judge.classify([p["prompt"] for p in chunk], texts)
+    harms = harm(texts) if harm else [None] * len(texts)
+    return [{"id": p["id"], "prompt": p["prompt"], "label": p["label"],
+             "category": p.get("category", "uncategorised"), "response": t, "refusal": c, "harm": h,
+             "model": backend.name} for p, t, c, h in zip(chunk, texts, classes, harms)]
+
+
+def summarize(prompts, out_path, judge_name: str = LexicalRefusalJudge.name, harm=None) -> dict:
+    """Metrics over the recorded responses to `prompts`."""
+    wanted = {p["id"] for p in prompts}
+    rows = [r for r in records.read(out_path) if r["id"] in wanted]
+    out = metrics(rows, judge_name)
+    if harm is not None:
+        out["harm_scorer"] = getattr(harm, "name", "harm")
+    return out
+
+
 def evaluate(backend, prompts, out_path, max_new_tokens=96, batch_size=16, seed=0, system=None,
              judge=None, desc="eval", harm=None) -> dict:
     """Greedy responses for `prompts` into `out_path` (resumable), then metrics.
@@ -69,16 +90,5 @@ def evaluate(backend, prompts, out_path, max_new_tokens=96, batch_size=16, seed=
     judge = judge or LexicalRefusalJudge()
     params = GenParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=seed, batch_size=batch_size)
     for chunk in records.resumable(out_path, prompts, batch_size, desc, unit="prompt"):
-        texts = backend.generate([user(p["prompt"], system) for p in chunk], params)
-        classes = judge.classify([p["prompt"] for p in chunk], texts)
-        harms = harm(texts) if harm else [None] * len(texts)
-        records.append(out_path, [{"id": p["id"], "prompt": p["prompt"], "label": p["label"],
-                                   "category": p.get("category", "uncategorised"), "response": t,
-                                   "refusal": c, "harm": h, "model": backend.name}
-                                  for p, t, c, h in zip(chunk, texts, classes, harms)])
-    wanted = {p["id"] for p in prompts}
-    rows = [r for r in records.read(out_path) if r["id"] in wanted]
-    out = metrics(rows, judge.name)
-    if harm is not None:
-        out["harm_scorer"] = getattr(harm, "name", "harm")
-    return out
+        records.append(out_path, eval_chunk(backend, chunk, params, system, judge, harm))
+    return summarize(prompts, out_path, judge.name, harm)

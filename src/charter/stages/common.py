@@ -5,6 +5,7 @@ import hashlib
 
 from .. import records
 from ..backends import GenParams, user
+from ..executor import map_chunks
 from ..prompts import load_pool
 
 
@@ -27,17 +28,20 @@ def chunk_seed(seed: int, chunk) -> int:
     return seed * 1_000_003 + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
 
-def generate_into(run, stage: str, path, rows, backend, params: GenParams, field="response", desc=None,
-                  make_messages=None):
+def generate_chunk(run, chunk, role: str, params: GenParams, field: str, stage: str) -> list[dict]:
+    """One response per record of `chunk` from the model `role` names (a chunk function, see executor)."""
+    backend = run.backend(role)
+    p = GenParams(params.max_new_tokens, params.temperature, params.top_p,
+                  seed=chunk_seed(params.seed, chunk), batch_size=params.batch_size)
+    texts = backend.generate([messages(run, r["prompt"]) for r in chunk], p)
+    return [run.stamp({**r, field: t, "model": backend.name}, stage) for r, t in zip(chunk, texts)]
+
+
+def generate_into(run, stage: str, path, rows, role: str, params: GenParams, field="response", desc=None):
     """Generate one response per row and append records, skipping ids already written.
 
     Rows are processed in chunks of `params.batch_size` and each chunk is written
     as soon as it is done, so a killed stage loses at most one chunk.
     """
-    make_messages = make_messages or (lambda r: messages(run, r["prompt"]))
-    for chunk in records.resumable(path, rows, params.batch_size, desc or stage):
-        p = GenParams(params.max_new_tokens, params.temperature, params.top_p,
-                      seed=chunk_seed(params.seed, chunk), batch_size=params.batch_size)
-        texts = backend.generate([make_messages(r) for r in chunk], p)
-        records.append(path, [run.stamp({**r, field: t, "model": backend.name}, stage) for r, t in zip(chunk, texts)])
+    map_chunks(run, path, rows, params.batch_size, desc or stage, generate_chunk, role, params, field, stage)
     return records.read(path)

@@ -13,7 +13,9 @@ import logging
 
 from .. import records
 from ..evals.capability import evaluate_capability
-from ..evals.core import evaluate
+from ..backends import GenParams
+from ..evals.core import eval_chunk, summarize
+from ..executor import map_chunks
 from ..evals.helpfulness import win_rate
 from ..evals.suites import load_suite, overlap
 from ..prompts import dev_prompts
@@ -21,6 +23,26 @@ from .common import train_prompts
 
 OUTPUTS = ["eval"]
 log = logging.getLogger("charter")
+
+
+def _harm(run):
+    # A classifier supervisor also scores how harmful each response reads (a harmfulness score).
+    if not hasattr(run, "_harm_scorer"):
+        scorer = getattr(run.supervisor, "harm_scorer", None)
+        run._harm_scorer = scorer() if scorer else None
+    return run._harm_scorer
+
+
+def evaluate_chunk(run, chunk, role: str) -> list[dict]:
+    """Responses of model `role` to one chunk of prompts, classified (a chunk function, see executor)."""
+    cfg = run.cfg.evaluate
+    params = GenParams(cfg.max_new_tokens, 0.0, seed=run.cfg.seed, batch_size=cfg.batch_size)
+    return eval_chunk(run.backend(role), chunk, params, run.cfg.system_prompt, harm=_harm(run))
+
+
+def _evaluate(run, role, rows, path, desc):
+    map_chunks(run, path, rows, run.cfg.evaluate.batch_size, desc, evaluate_chunk, role, unit="prompt")
+    return summarize(rows, path, harm=_harm(run))
 
 
 def run(run):
@@ -37,20 +59,15 @@ def run(run):
     out = {"split": cfg.split, "train_eval_overlap": overlap(trained, prompts),
            "suite_overlap": {n: overlap(trained, rows) for n, rows in suites.items()},
            "models": {}, "suites": {n: {} for n in suites}, "capability": {c: {} for c in cfg.capability}}
-    # A classifier supervisor also scores how harmful each response reads (a harmfulness score).
-    scorer = getattr(run.supervisor, "harm_scorer", None)
-    harm = scorer() if scorer else None
     for role in cfg.models:
-        backend = run.backend(role)
-        out["models"][role] = evaluate(backend, prompts, run.path("eval", f"responses_{role}.jsonl"),
-                                       cfg.max_new_tokens, cfg.batch_size, run.cfg.seed, run.cfg.system_prompt,
-                                       desc=f"evaluate {role}", harm=harm)
+        out["models"][role] = _evaluate(run, role, prompts, run.path("eval", f"responses_{role}.jsonl"),
+                                        f"evaluate {role}")
         for name, rows in suites.items():
-            out["suites"][name][role] = evaluate(backend, rows, run.path("eval", f"{name}_{role}.jsonl"),
-                                                 cfg.max_new_tokens, cfg.batch_size, run.cfg.seed,
-                                                 run.cfg.system_prompt, desc=f"{name} {role}", harm=harm)
+            out["suites"][name][role] = _evaluate(run, role, rows, run.path("eval", f"{name}_{role}.jsonl"),
+                                                  f"{name} {role}")
         for name in cfg.capability:
-            out["capability"][name][role] = evaluate_capability(backend, name, run.path("eval", f"{name}_{role}.jsonl"),
+            out["capability"][name][role] = evaluate_capability(run.backend(role), name,
+                                                                run.path("eval", f"{name}_{role}.jsonl"),
                                                                 cfg.capability_limit)
     run.release()
     if cfg.helpfulness and "base" in cfg.models:

@@ -16,5 +16,5 @@ def run(run):
     cfg = run.cfg.generate
     rows = train_prompts(run)
     params = GenParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, run.cfg.seed, cfg.batch_size)
-    out = generate_into(run, "generate", run.path(OUTPUTS[0]), rows, run.backend("base"), params)
+    out = generate_into(run, "generate", run.path(OUTPUTS[0]), rows, "base", params)
     return {"records": len(out)}

@@ -10,6 +10,7 @@ import json
 
 from .. import records
 from ..errors import CharterError
+from ..executor import map_chunks
 
 OUTPUTS = ["data/labels.jsonl"]
 CHUNK = 32
@@ -30,14 +31,17 @@ def gate(run):
     return cal
 
 
+def label_chunk(run, chunk) -> list[dict]:
+    """Supervisor verdicts for one chunk of pairs (a chunk function, see executor)."""
+    sup = run.supervisor
+    return [run.stamp({**p, **v, "supervisor": sup.name}, "label") for p, v in zip(chunk, sup.judge(chunk))]
+
+
 def run(run):
     gate(run)
     path = run.path(OUTPUTS[0])
     pairs = records.read(run.path("data/pairs.jsonl"))
-    sup = run.supervisor
-    for chunk in records.resumable(path, pairs, CHUNK, "label", unit="pair"):
-        vs = sup.judge(chunk)
-        records.append(path, [run.stamp({**p, **v, "supervisor": sup.name}, "label") for p, v in zip(chunk, vs)])
+    map_chunks(run, path, pairs, CHUNK, "label", label_chunk, unit="pair")
     labels = records.read(path)
     decisive = sum(abs(r["p_a"] - 0.5) >= run.cfg.dpo.margin for r in labels)
     return {"labels": len(labels), "decisive": decisive}

@@ -21,16 +21,15 @@ def run(run):
     rng = random.Random(run.cfg.seed + 1)
     rng.shuffle(prompts)
     rows = [{**p, "id": f"{p['id']}#{k}"} for k in range(cfg.per_prompt) for p in prompts][: cfg.max_pairs]
-    backend = run.backend("sft")
     sides = {}
     for side, offset in (("a", 0), ("b", 50021)):
         params = GenParams(cfg.max_new_tokens, cfg.temperature, 0.95, run.cfg.seed + offset, cfg.batch_size)
-        got = generate_into(run, "pairs", run.path(f"data/pairs_{side}.jsonl"), rows, backend, params,
+        got = generate_into(run, "pairs", run.path(f"data/pairs_{side}.jsonl"), rows, "sft", params,
                             desc=f"pairs ({side})")
         sides[side] = {r["id"]: r["response"] for r in got}
     out = run.path(OUTPUTS[0])
     out.unlink(missing_ok=True)
     records.append(out, [run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
-                                   {"a": sides["a"][r["id"]], "b": sides["b"][r["id"]], "model": backend.name},
+                                   {"a": sides["a"][r["id"]], "b": sides["b"][r["id"]], "model": "models/sft"},
                                    "pairs") for r in rows])
     return {"pairs": len(rows)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .. import records
 from ..backends import GenParams
+from ..executor import map_chunks
 from .common import chunk_seed, messages
 
 OUTPUTS = ["data/revise.jsonl"]
@@ -54,35 +55,38 @@ def _check(run, chunk, finals, last_principles):
     return out
 
 
-def run(run):
+def revise_chunk(run, chunk) -> list[dict]:
+    """Critique and revise one chunk of initial responses (a chunk function, see executor)."""
     cfg = run.cfg.revise
-    path = run.path(OUTPUTS[0])
-    gen = [r for r in records.read(run.path("data/generate.jsonl")) if r["label"] == "harmful"]
     backend = run.backend("base")
     bs = max(1, cfg.batch_size)
-    for chunk in records.resumable(path, gen, bs, "revise"):
-        hist = [[] for _ in chunk]
-        traces = [[] for _ in chunk]
-        for rnd in range(cfg.rounds):
-            principles = [run.constitution.sample(f"{r['id']}:{rnd}", run.cfg.seed, kind="harm") for r in chunk]
-            seed = chunk_seed(run.cfg.seed + 1000 * rnd, chunk)
-            crit_msgs = [_convo(run, r, h + [{"role": "user", "content": p.critique}])
-                         for r, h, p in zip(chunk, hist, principles)]
-            crits = backend.generate(crit_msgs, GenParams(cfg.critique_tokens, cfg.temperature, 0.95, seed, bs))
-            rev_msgs = [m + [{"role": "assistant", "content": c}, {"role": "user", "content": p.revision}]
-                        for m, c, p in zip(crit_msgs, crits, principles)]
-            revs = backend.generate(rev_msgs, GenParams(cfg.revision_tokens, cfg.temperature, 0.95, seed + 1, bs))
-            for i, (p, c, v) in enumerate(zip(principles, crits, revs)):
-                traces[i].append({"principle": p.id, "critique": c, "revision": v})
-                # The next round critiques the newest revision.
-                hist[i] = hist[i] + [{"role": "user", "content": p.critique}, {"role": "assistant", "content": c},
-                                     {"role": "user", "content": p.revision}, {"role": "assistant", "content": v}]
-        finals = [t[-1]["revision"] if t else r["response"] for r, t in zip(chunk, traces)]
-        checks = _check(run, chunk, finals, [t[-1]["principle"] if t else None for t in traces])
-        records.append(path, [run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
-                                        {"initial": r["response"], "rounds": t, "model_revision": final,
-                                         "revision": text, "revision_source": source, "p_revision_better": p_rev},
-                                        "revise")
-                              for r, t, final, (text, source, p_rev) in zip(chunk, traces, finals, checks)])
+    hist = [[] for _ in chunk]
+    traces = [[] for _ in chunk]
+    for rnd in range(cfg.rounds):
+        principles = [run.constitution.sample(f"{r['id']}:{rnd}", run.cfg.seed, kind="harm") for r in chunk]
+        seed = chunk_seed(run.cfg.seed + 1000 * rnd, chunk)
+        crit_msgs = [_convo(run, r, h + [{"role": "user", "content": p.critique}])
+                     for r, h, p in zip(chunk, hist, principles)]
+        crits = backend.generate(crit_msgs, GenParams(cfg.critique_tokens, cfg.temperature, 0.95, seed, bs))
+        rev_msgs = [m + [{"role": "assistant", "content": c}, {"role": "user", "content": p.revision}]
+                    for m, c, p in zip(crit_msgs, crits, principles)]
+        revs = backend.generate(rev_msgs, GenParams(cfg.revision_tokens, cfg.temperature, 0.95, seed + 1, bs))
+        for i, (p, c, v) in enumerate(zip(principles, crits, revs)):
+            traces[i].append({"principle": p.id, "critique": c, "revision": v})
+            # The next round critiques the newest revision.
+            hist[i] = hist[i] + [{"role": "user", "content": p.critique}, {"role": "assistant", "content": c},
+                                 {"role": "user", "content": p.revision}, {"role": "assistant", "content": v}]
+    finals = [t[-1]["revision"] if t else r["response"] for r, t in zip(chunk, traces)]
+    checks = _check(run, chunk, finals, [t[-1]["principle"] if t else None for t in traces])
+    return [run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
+                      {"initial": r["response"], "rounds": t, "model_revision": final,
+                       "revision": text, "revision_source": source, "p_revision_better": p_rev}, "revise")
+            for r, t, final, (text, source, p_rev) in zip(chunk, traces, finals, checks)]
+
+
+def run(run):
+    path = run.path(OUTPUTS[0])
+    gen = [r for r in records.read(run.path("data/generate.jsonl")) if r["label"] == "harmful"]
+    map_chunks(run, path, gen, run.cfg.revise.batch_size, "revise", revise_chunk)
     rows = records.read(path)
     return {"records": len(rows), "model_revisions_kept": sum(r["revision_source"] == "model" for r in rows)}
