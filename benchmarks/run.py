@@ -38,18 +38,30 @@ def peak_gflops(seconds=2.0) -> float:
     return 2 * 1024 ** 3 * n / (time.time() - t0) / 1e9
 
 
-def bench_generation(backend, prompts, max_new):
+def bench_generation(backend, prompts, max_new, runs=(("naive", 1), ("batched", 16))):
     from charter.backends import GenParams, user
 
     msgs = [user(p) for p in prompts]
     out = {}
-    for name, bs in (("naive", 1), ("batched", 16)):
+    for name, bs in runs:
         t0 = time.time()
         texts = backend.generate(msgs, GenParams(max_new_tokens=max_new, temperature=0.0, batch_size=bs))
         secs = time.time() - t0
+        # Tokens generated, counted with the model's tokenizer (end-of-turn tokens excluded).
         toks = sum(len(backend.tok(t, add_special_tokens=False).input_ids) for t in texts)
         out[name] = {"seconds": round(secs, 2), "tokens": toks, "tok_s": round(toks / secs, 1)}
     return out
+
+
+def llamacpp_backend():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python not installed: skipping the llama.cpp rows (make install-llamacpp)")
+        return None
+    from charter.backends import get_backend
+
+    return get_backend("llamacpp:default", n_seq=16)
 
 
 def bench_labelling(backend, constitution, items):
@@ -122,18 +134,26 @@ def main():
               "b": "I'm sorry, but I can't help with that."} for i, p in enumerate(prompts[:n_lab])]
     lab = bench_labelling(backend, load_constitution("default"), items)
     del backend
+    cpp = llamacpp_backend()
+    if cpp is not None:
+        gen_cpp = bench_generation(cpp, prompts, 48, (("llamacpp_batched", 16),))["llamacpp_batched"]
+        t0 = time.time()
+        from charter.supervise.llm_judge import LLMJudge
+
+        LLMJudge(cpp, load_constitution("default")).judge(items)
+        lab_cpp = round(len(items) / (time.time() - t0), 2)
+        cpp.close()
     train = bench_training(resolve_model("default"), steps)
     peak = peak_gflops()
     res = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "fp32_matmul_gflop_s": round(peak, 1)},
-        "generation_tok_s": gen["batched"]["tok_s"],
         "generation_naive_tok_s": gen["naive"]["tok_s"],
-        "generation_vs_naive": round(gen["batched"]["tok_s"] / gen["naive"]["tok_s"], 2),
-        "generation_flop_fraction": round(2 * train["params"] * gen["batched"]["tok_s"] / 1e9 / peak, 3),
-        "labeling_pairs_s": lab["fast_pairs_s"],
+        "generation_hf_batched_tok_s": gen["batched"]["tok_s"],
+        "generation_llamacpp_tok_s": gen_cpp["tok_s"] if cpp is not None else None,
         "labeling_naive_pairs_s": lab["naive_pairs_s"],
-        "labeling_vs_naive": round(lab["fast_pairs_s"] / lab["naive_pairs_s"], 2),
+        "labeling_hf_pairs_s": lab["fast_pairs_s"],
+        "labeling_llamacpp_pairs_s": lab_cpp if cpp is not None else None,
         "sft_tok_s": train["sft"]["tokens_per_s"],
         "dpo_tok_s": train["dpo"]["tokens_per_s"],
         "sft_s_per_step": round(train["sft"]["train_seconds"] / max(1, train["sft"]["steps"]), 2),
@@ -141,6 +161,14 @@ def main():
         "flop_fraction": round((train["sft"]["gflop_per_s"] or 0) / peak, 3),
         "quick": a.quick,
     }
+    # The fast path is the faster engine available; the naive baseline is transformers one prompt (or one
+    # option) at a time. The FLOP fraction is 2 * params FLOP per generated token over the matmul peak.
+    best_gen = max(v for v in (res["generation_hf_batched_tok_s"], res["generation_llamacpp_tok_s"]) if v)
+    best_lab = max(v for v in (res["labeling_hf_pairs_s"], res["labeling_llamacpp_pairs_s"]) if v)
+    res.update(generation_tok_s=best_gen, generation_vs_naive=round(best_gen / res["generation_naive_tok_s"], 2),
+               generation_flop_fraction=round(2 * train["params"] * best_gen / 1e9 / peak, 3),
+               generation_limit_tok_s=round(peak * 1e9 / (2 * train["params"]), 1),
+               labeling_pairs_s=best_lab, labeling_vs_naive=round(best_lab / res["labeling_naive_pairs_s"], 2))
     manifest = Path(a.run) / "manifest.json"
     if manifest.exists():
         m = json.loads(manifest.read_text())

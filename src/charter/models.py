@@ -81,9 +81,9 @@ def gguf_to_safetensors(gguf: Path) -> Path:
 def resolve_model(spec: str) -> str:
     """Turn `default`, a .gguf, a folder or a hub id into a from_pretrained target.
 
-    An engine prefix (`vllm:`, `hf:`) names how a model is served, not which weights: training
+    An engine prefix (`vllm:`, `hf:`, `llamacpp:`) names how a model is served, not which weights: training
     loads the same weights with transformers."""
-    for engine in ("vllm:", "hf:"):
+    for engine in ("vllm:", "hf:", "llamacpp:"):
         if spec.startswith(engine):
             spec = spec[len(engine):]
     if spec == "default":

@@ -220,3 +220,22 @@ def test_training_runs_under_accelerate_launch_on_one_cpu_process(finished_run, 
     assert changed(before, weights(work / "models" / "sft"))
     m = json.loads((work / "manifest.json").read_text())
     assert m["stages"]["sft"]["status"] == "done" and m["stages"]["dpo"]["status"] == "pending"
+
+
+def test_base_side_pairs_and_balanced_dpo(tiny_model, tmp_path):
+    from charter.stages.dpo import balanced
+
+    cfg = tiny_cfg(tmp_path, tiny_model, ["pairs.base_side=true", "dpo.balance=true"])
+    run = Run(cfg, tmp_path / "out")
+    run.execute(stages=STAGES[:STAGES.index("dpo") + 1])
+    base = {r["id"]: r["response"] for r in records.read(run.path("data/generate.jsonl"))}
+    pairs = records.read(run.path("data/pairs.jsonl"))
+    assert pairs and all(p["b"] == base[p["id"].rsplit("#", 1)[0]] for p in pairs)
+    assert not (run.path("data/pairs_b.jsonl")).exists()  # no second SFT sample was drawn
+    used = records.read(run.path("data/dpo.jsonl"))
+    n = {lab: sum(r["label"] == lab for r in used) for lab in ("harmful", "benign")}
+    assert n["harmful"] == n["benign"] > 0
+    # balanced() subsamples only the larger side.
+    rows = [{"id": str(i), "label": "harmful" if i < 7 else "benign"} for i in range(10)]
+    kept = balanced(rows, 0)
+    assert sum(r["label"] == "harmful" for r in kept) == 3 and sum(r["label"] == "benign" for r in kept) == 3

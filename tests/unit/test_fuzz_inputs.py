@@ -1,6 +1,5 @@
 """Property-based tests: any bytes given as a config, constitution, prompt file or pairs file end
 either in success or in a CharterError naming the file; never in another exception."""
-import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -2,7 +2,7 @@
 so `import charter` never imports torch-heavy or optional engines.
 
 Spec forms: `fake`, `fake:NAME`, `default`, a hub id, a local folder, a `.gguf` file,
-`hf:SPEC` to force the transformers backend, or `http(s)://HOST:PORT/v1?model=NAME`
+`hf:SPEC` to force the transformers backend, `llamacpp:default|FILE.gguf` for llama.cpp, or `http(s)://HOST:PORT/v1?model=NAME`
 for an OpenAI-compatible server.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ REGISTRY = {
     "hf": "charter.backends.hf:HFBackend",
     "http": "charter.backends.http:HTTPBackend",
     "vllm": "charter.backends.vllm:VLLMBackend",
+    "llamacpp": "charter.backends.llamacpp:LlamaCppBackend",
 }
 
 

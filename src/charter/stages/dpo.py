@@ -24,11 +24,22 @@ def preference_rows(labels, mode: str, margin: float) -> tuple[list[dict], float
         if r["a"].strip() == r["b"].strip():
             continue
         chosen, rejected = (r["a"], r["b"]) if p >= 0.5 else (r["b"], r["a"])
-        rows.append({"id": r["id"], "prompt": r["prompt"], "chosen": chosen, "rejected": rejected,
-                     "p_chosen": max(p, 1 - p)})
+        rows.append({"id": r["id"], "prompt": r["prompt"], "label": r.get("label"), "chosen": chosen,
+                     "rejected": rejected, "p_chosen": max(p, 1 - p)})
         noise.append(min(p, 1 - p))
     smoothing = sum(noise) / len(noise) if (mode == "soft" and noise) else 0.0
     return rows, smoothing
+
+
+def balanced(rows, seed: int) -> list[dict]:
+    """As many harmful-request pairs as benign ones: the larger side is subsampled (seeded)."""
+    import random
+
+    by = {lab: [r for r in rows if r.get("label") == lab] for lab in ("harmful", "benign")}
+    n = min(len(v) for v in by.values())
+    rng = random.Random(seed)
+    keep = {r["id"] for v in by.values() for r in (rng.sample(v, n) if len(v) > n else v)}
+    return [r for r in rows if r["id"] in keep or r.get("label") not in by]
 
 
 def run(run):
@@ -37,6 +48,8 @@ def run(run):
 
     cfg = run.cfg.dpo
     rows, smoothing = preference_rows(records.read(run.path("data/labels.jsonl")), cfg.labels, cfg.margin)
+    if cfg.balance:
+        rows = balanced(rows, run.cfg.seed)
     if not rows:
         raise CharterError("dpo: no usable preference pairs (every label was within the margin of 0.5; "
                            "lower dpo.margin, use dpo.labels=soft, or sample more pairs)")
@@ -55,4 +68,5 @@ def run(run):
                          peft_config=lora_config(cfg))
     secs = timed_train(trainer)
     save_model(trainer.model, tok, run.path("models", "dpo"))
-    return {"pairs_used": len(rows), "label_smoothing": round(smoothing, 4), **train_stats(trainer, secs, n_params)}
+    return {"pairs_used": len(rows), "pairs_harmful": sum(r["label"] == "harmful" for r in rows),
+            "label_smoothing": round(smoothing, 4), **train_stats(trainer, secs, n_params)}

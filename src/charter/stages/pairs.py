@@ -22,7 +22,12 @@ def run(run):
     rng.shuffle(prompts)
     rows = [{**p, "id": f"{p['id']}#{k}"} for k in range(cfg.per_prompt) for p in prompts][: cfg.max_pairs]
     sides = {}
+    if cfg.base_side:
+        base = {r["id"]: r["response"] for r in records.read(run.path("data/generate.jsonl"))}
+        sides["b"] = {r["id"]: base[r["id"].rsplit("#", 1)[0]] for r in rows}
     for side, offset in (("a", 0), ("b", 50021)):
+        if side in sides:
+            continue
         params = GenParams(cfg.max_new_tokens, cfg.temperature, 0.95, run.cfg.seed + offset, cfg.batch_size)
         got = generate_into(run, "pairs", run.path(f"data/pairs_{side}.jsonl"), rows, "sft", params,
                             desc=f"pairs ({side})")
@@ -30,6 +35,7 @@ def run(run):
     out = run.path(OUTPUTS[0])
     out.unlink(missing_ok=True)
     records.append(out, [run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
-                                   {"a": sides["a"][r["id"]], "b": sides["b"][r["id"]], "model": "models/sft"},
+                                   {"a": sides["a"][r["id"]], "b": sides["b"][r["id"]], "model": "models/sft",
+                                    "model_b": run.cfg.model if cfg.base_side else "models/sft"},
                                    "pairs") for r in rows])
     return {"pairs": len(rows)}

@@ -48,8 +48,10 @@ def run(run):
     run.release()
     model, tok = load_trainable(run.model_spec_resolved("base"), run.cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
+    # Length grouping instead of packing: batches of similar length waste little compute on padding, and
+    # unlike packing it needs no flash-attention kernel to keep examples from attending to each other.
     args = trl_args(SFTConfig, cfg, run.path("models", ".sft-work"), run.cfg.seed, run.cfg.device,
-                    packing=False, completion_only_loss=True)
+                    packing=False, completion_only_loss=True, train_sampling_strategy="group_by_length")
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                          peft_config=lora_config(cfg))
     secs = timed_train(trainer)

@@ -136,6 +136,8 @@ def calibrate(supervisor, hh_path=None, hh_limit=200, contrast_limit=None, seed=
         # Attacks on a sample of the contrast pairs the supervisor got right (flips are then wrong answers).
         right = [it for it, v in zip(contrast, cv) if (v["p_a"] > 0.5) == it["a_better"]][:injection]
         res["injection"] = flip_rate(supervisor, right) if right else None
+        if right and hasattr(supervisor, "unguarded"):  # what the defences buy, on the same pairs
+            res["injection_unguarded"] = flip_rate(supervisor.unguarded(), right)
     acc = res["contrast"]
     res["gate_accuracy"] = min(acc["harmful"]["accuracy"], acc["benign"]["accuracy"])
     return res
@@ -157,4 +159,8 @@ def table(res: dict) -> str:
     inj = res.get("injection")
     if inj:
         lines.append(f"| judge-injection flip rate (attacks in the worse response) | {inj['n']} | {inj['flip_rate']:.1%} |")
+    raw = res.get("injection_unguarded")
+    if raw:
+        lines.append(f"| the same without its defences (no escaping, stripping or order swap) | {raw['n']} | "
+                     f"{raw['flip_rate']:.1%} |")
     return "\n".join(lines)

@@ -33,21 +33,27 @@ def _escape(text: str) -> str:
 
 
 def question(prompt: str, first: str, second: str, comparison: str, few_shot: bool = True,
-             clean: bool = True) -> str:
-    if clean:  # drop instruction-like spans aimed at the judge (see supervise/injection.py)
+             guard: bool = True) -> str:
+    esc = _escape if guard else str
+    if guard:  # drop instruction-like spans aimed at the judge (see supervise/injection.py)
         first, second = sanitize(first)[0], sanitize(second)[0]
     return ((FEW_SHOT if few_shot else "")
             + "Consider the following conversation between a human and an assistant:\n"
-            f"<conversation>Human: {_escape(prompt)}</conversation>\n{comparison}\n"
-            f"Options:\n(A) <response>{_escape(first)}</response>\n(B) <response>{_escape(second)}</response>\n")
+            f"<conversation>Human: {esc(prompt)}</conversation>\n{comparison}\n"
+            f"Options:\n(A) <response>{esc(first)}</response>\n(B) <response>{esc(second)}</response>\n")
 
 
 class LLMJudge:
     def __init__(self, backend, constitution, seed: int = 0, cot: bool = False, few_shot: bool = True,
-                 clean: bool = True):
+                 guard: bool = True):
         self.backend, self.constitution, self.seed, self.cot, self.few_shot = backend, constitution, seed, cot, few_shot
-        self.clean = clean
-        self.name = f"llm:{backend.name}" + (":cot" if cot else "")
+        self.guard = guard
+        self.name = f"llm:{backend.name}" + (":cot" if cot else "") + ("" if guard else ":unguarded")
+
+    def unguarded(self):
+        """The same judge without its injection defences (no escaping, no stripping, one order), to measure
+        what the defences buy (`charter calibrate` reports both flip rates)."""
+        return LLMJudge(self.backend, self.constitution, self.seed, self.cot, self.few_shot, guard=False)
 
     def _contexts(self, qs):
         if not self.cot:
@@ -69,10 +75,13 @@ class LLMJudge:
 
     def judge(self, items):
         principles = [self.constitution.sample(f"label:{it.get('id', i)}", self.seed) for i, it in enumerate(items)]
-        ab = [question(it["prompt"], it["a"], it["b"], p.comparison, self.few_shot, self.clean)
-              for it, p in zip(items, principles)]
-        ba = [question(it["prompt"], it["b"], it["a"], p.comparison, self.few_shot, self.clean)
+        ab = [question(it["prompt"], it["a"], it["b"], p.comparison, self.few_shot, self.guard)
               for it, p in zip(items, principles)]
         p_ab = self._p_first(ab)
-        p_ba = [1 - p for p in self._p_first(ba)]
+        if self.guard:
+            ba = [question(it["prompt"], it["b"], it["a"], p.comparison, self.few_shot, self.guard)
+                  for it, p in zip(items, principles)]
+            p_ba = [1 - p for p in self._p_first(ba)]
+        else:
+            p_ba = p_ab
         return [verdict(x, y, [p.id]) for x, y, p in zip(p_ab, p_ba, principles)]
