@@ -14,14 +14,29 @@ from .yamlio import read_jsonl
 
 
 def _repair(path: Path):
-    """Cut a torn (newline-less) tail left by a crash mid-write."""
-    if not path.exists() or path.stat().st_size == 0:
+    """Cut a torn (newline-less) tail left by a crash mid-write.
+
+    Reads backwards from the end only as far as the last newline, so an append costs the same however
+    long the file is (a stage stays linear in its number of records)."""
+    if not path.exists():
         return
     with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
             return
-        f.truncate(data.rfind(b"\n") + 1)
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            f.seek(pos)
+            cut = f.read(step).rfind(b"\n")
+            if cut >= 0:
+                f.truncate(pos + cut + 1)
+                return
+        f.truncate(0)
 
 
 def append(path, records) -> None:
