@@ -19,10 +19,12 @@ $(BIN)/charter: pyproject.toml
 install: $(BIN)/charter
 
 # Optional: llama.cpp and its OpenAI-compatible server (builds from source, about 6 minutes). A portable
-# x86-64 build: the native one used instructions (AMX) that crashed on first inference in a VM.
+# x86-64 build: a native build crashed on its first inference here. --no-cache-dir: pip's wheel cache
+# ignores CMAKE_ARGS, so it could hand back a wheel built with other flags.
 install-llamacpp: install
-	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \
-	  $(BIN)/pip install -q -e '.[llamacpp]'
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \
+	  $(BIN)/pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
 
 demo: install
 	# --force: the demo always completes; the manifest records whether the supervisor passed its gate.
