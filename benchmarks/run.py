@@ -3,9 +3,11 @@
     python benchmarks/run.py [--quick] [--run runs/demo]
 
 Prints a table and writes benchmarks/results.json:
-- generation: length-sorted batched `generate` vs one prompt at a time (tokens/s);
-- labelling: CAI judge reading both options from one batched forward pass per order
-  vs scoring each option's continuation separately (pairs/s);
+- generation: length-sorted batched `generate` (batch 64; transformers, and llama.cpp when installed)
+  vs one prompt at a time (tokens/s), and the FLOP limit: the matmul peak over 2 * params per token;
+- labelling: CAI judge reading both options from one forward pass per order, batched across pairs, with the
+  shared prefix (chat template, instructions, few-shot example) computed once and its KV cache reused,
+  vs scoring each option's continuation separately, one pair at a time (pairs/s);
 - training: SFT and DPO tokens/s on the embedded model, and the fraction of the
   machine's fp32 peak they reach (6 * params * tokens FLOP; peak measured here with a matmul);
 - the per-stage wall time and peak memory of a finished run (`--run`).
@@ -38,7 +40,7 @@ def peak_gflops(seconds=2.0) -> float:
     return 2 * 1024 ** 3 * n / (time.time() - t0) / 1e9
 
 
-def bench_generation(backend, prompts, max_new, runs=(("naive", 1), ("batched", 16))):
+def bench_generation(backend, prompts, max_new, runs=(("naive", 1), ("batched", 64))):
     from charter.backends import GenParams, user
 
     msgs = [user(p) for p in prompts]
@@ -61,7 +63,7 @@ def llamacpp_backend():
         return None
     from charter.backends import get_backend
 
-    return get_backend("llamacpp:default", n_seq=16)
+    return get_backend("llamacpp:default", n_seq=64, n_ctx_per_seq=512)
 
 
 def bench_labelling(backend, constitution, items):
@@ -126,7 +128,7 @@ def main():
     from charter.models import resolve_model
     from charter.prompts import dev_prompts
 
-    n_gen, n_lab, steps = (16, 8, 3) if a.quick else (48, 24, 8)
+    n_gen, n_lab, steps = (64, 16, 3) if a.quick else (128, 32, 8)
     prompts = [p["prompt"] for p in dev_prompts()][:n_gen]
     backend = get_backend("default", device="cpu", progress=False)
     gen = bench_generation(backend, prompts, 48)
@@ -136,7 +138,7 @@ def main():
     del backend
     cpp = llamacpp_backend()
     if cpp is not None:
-        gen_cpp = bench_generation(cpp, prompts, 48, (("llamacpp_batched", 16),))["llamacpp_batched"]
+        gen_cpp = bench_generation(cpp, prompts, 48, (("llamacpp_batched", 64),))["llamacpp_batched"]
         t0 = time.time()
         from charter.supervise.llm_judge import LLMJudge
 

@@ -41,3 +41,17 @@ class Backend(Protocol):
 def user(text: str, system: str | None = None) -> Messages:
     msgs = [{"role": "system", "content": system}] if system else []
     return msgs + [{"role": "user", "content": text}]
+
+
+def common_prefix_len(seqs) -> int:
+    """Length of the longest token prefix all sequences share, leaving each at least one token of its own
+    (the last token must be run per sequence to get its logits). Backends use it to compute the judge's
+    shared instructions and few-shot example once per batch instead of once per context."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..errors import CharterError
 from ..models import resolve_model
-from .base import GenParams
+from .base import GenParams, common_prefix_len
 
 log = logging.getLogger("charter")
 
@@ -131,13 +131,32 @@ class HFBackend:
 
     @torch.inference_mode()
     def next_token_logprobs(self, contexts, options) -> list[list[float]]:
+        """Log-probs of each option's first token after each context.
+
+        Judge contexts share a long prefix (chat template, instructions, few-shot example): it is run once,
+        its KV cache repeated across the batch, and only each context's own suffix is computed."""
         option_ids = []
         for o in options:
             ids = self.tok(o, add_special_tokens=False).input_ids
             if not ids:
                 raise CharterError(f"option {o!r} encodes to no tokens")
             option_ids.append(ids[0])
-        logp, enc = self._logits(list(contexts))
-        last = enc.attention_mask.sum(1) - 1
-        rows = logp[torch.arange(len(contexts)), last]
+        ids = [self.tok(c, add_special_tokens=False).input_ids for c in contexts]
+        k = common_prefix_len(ids) if len(ids) > 1 else 0
+        if k < 8:  # nothing worth sharing
+            logp, enc = self._logits(list(contexts))
+            last = enc.attention_mask.sum(1) - 1
+            return logp[torch.arange(len(contexts)), last][:, option_ids].tolist()
+        n, dev = len(ids), self.device
+        cache = self.model(input_ids=torch.tensor([ids[0][:k]], device=dev), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(n)
+        suffix = [x[k:] for x in ids]
+        width = max(map(len, suffix))
+        pad = self.tok.pad_token_id
+        inp = torch.tensor([s + [pad] * (width - len(s)) for s in suffix], device=dev)
+        mask = torch.tensor([[1] * (k + len(s)) + [0] * (width - len(s)) for s in suffix], device=dev)
+        pos = (k + torch.arange(width, device=dev)).expand(n, width)
+        logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache).logits
+        last = torch.tensor([len(s) - 1 for s in suffix], device=dev)
+        rows = logits[torch.arange(n, device=dev), last].float().log_softmax(-1)
         return rows[:, option_ids].tolist()

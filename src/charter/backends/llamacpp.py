@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CharterError
-from .base import GenParams
+from .base import GenParams, common_prefix_len  # noqa: F401 (re-exported for tests)
 
 log = logging.getLogger("charter")
 _QUIET = None  # the ctypes log callback must outlive every llama.cpp call
@@ -45,19 +45,6 @@ def _gguf_path(spec: str) -> Path:
     if not p.exists() or p.suffix != ".gguf":
         raise CharterError(f"backend llamacpp: {spec!r} is not a .gguf file (or `default`)")
     return p
-
-
-def common_prefix_len(seqs: list[list[int]]) -> int:
-    """Length of the longest token prefix all sequences share, leaving each at least one token of its own
-    (the last token must be decoded per sequence to get its logits)."""
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for s in seqs[1:]:
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
