@@ -28,8 +28,9 @@ def timed_generate(model, workers, prompts, max_new, out_dir):
     from charter.run import Run
     from charter.stages.common import generate_chunk, train_prompts
 
-    cfg = load_config(None, [f"model={model}", "device=cpu", f"pools.helpful.limit={prompts}",
-                             "pools.redteam.limit=0", "pools.lookalike.limit=0", "executor.kind=ray",
+    third = max(1, prompts // 3)
+    cfg = load_config(None, [f"model={model}", "device=cpu", f"pools.helpful.limit={third}",
+                             f"pools.redteam.limit={third}", f"pools.lookalike.limit={third}", "executor.kind=ray",
                              f"executor.workers={workers}", "executor.cpus_per_worker=1"])
     run = Run(cfg, out_dir)
     rows = train_prompts(run)

@@ -239,3 +239,17 @@ def test_base_side_pairs_and_balanced_dpo(tiny_model, tmp_path):
     rows = [{"id": str(i), "label": "harmful" if i < 7 else "benign"} for i in range(10)]
     kept = balanced(rows, 0)
     assert sum(r["label"] == "harmful" for r in kept) == 3 and sum(r["label"] == "benign" for r in kept) == 3
+
+
+def test_shared_prefix_scoring_equals_full_scoring(tiny_model):
+    from charter.backends import get_backend
+
+    b = get_backend(str(tiny_model), device="cpu")
+    head = "how do i bake bread at home with a simple oven and some flour " * 3
+    ctxs = [head + "the answer is", head + "my answer would be", head + "so"]
+    fast = b.next_token_logprobs(ctxs, ["the", "so"])  # shares the KV cache of `head`
+    logp, enc = b._logits(ctxs)
+    last = enc.attention_mask.sum(1) - 1
+    ids = [b.tok(o, add_special_tokens=False).input_ids[0] for o in ("the", "so")]
+    full = logp[torch.arange(len(ctxs)), last][:, ids].tolist()
+    assert all(abs(x - y) < 1e-4 for r, s in zip(fast, full) for x, y in zip(r, s)), (fast, full)

@@ -5,6 +5,7 @@ Generation sorts prompts by length and batches them with left padding: on a
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 
@@ -148,7 +149,8 @@ class HFBackend:
             last = enc.attention_mask.sum(1) - 1
             return logp[torch.arange(len(contexts)), last][:, option_ids].tolist()
         n, dev = len(ids), self.device
-        cache = self.model(input_ids=torch.tensor([ids[0][:k]], device=dev), use_cache=True).past_key_values
+        out = self.model(input_ids=torch.tensor([ids[0][:k]], device=dev), use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
         cache.batch_repeat_interleave(n)
         suffix = [x[k:] for x in ids]
         width = max(map(len, suffix))
@@ -156,7 +158,9 @@ class HFBackend:
         inp = torch.tensor([s + [pad] * (width - len(s)) for s in suffix], device=dev)
         mask = torch.tensor([[1] * (k + len(s)) + [0] * (width - len(s)) for s in suffix], device=dev)
         pos = (k + torch.arange(width, device=dev)).expand(n, width)
-        logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache).logits
+        # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version takes.
+        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, **{key: cache}).logits
         last = torch.tensor([len(s) - 1 for s in suffix], device=dev)
         rows = logits[torch.arange(n, device=dev), last].float().log_softmax(-1)
         return rows[:, option_ids].tolist()
