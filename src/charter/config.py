@@ -220,10 +220,25 @@ class RunConfig:
     records are the same either way, so a run may switch executor and resume."""
 
     def hash(self) -> str:
-        d = to_dict(self)
+        """Hash of the settings that shape the records: values left at their defaults are left out, so a
+        charter release that adds a field (with a default) does not orphan existing run directories."""
+        d = _changed(to_dict(self), to_dict(RunConfig()))
         d.pop("executor", None)
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _changed(d: dict, default: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        base = default.get(k) if isinstance(default, dict) else None
+        if isinstance(v, dict) and isinstance(base, dict):
+            sub = _changed(v, base)
+            if sub:
+                out[k] = sub
+        elif k not in default or v != base:
+            out[k] = v
+    return out
 
 
 def _set_dotted(data: dict, dotted: str, value, origin: str):

@@ -69,6 +69,10 @@ def test_overrides_apply_and_are_checked(tmp_path):
     with pytest.raises(CharterError, match="override 'sft.nope=1'"):
         load_config(p, ["sft.nope=1"])
     assert load_config(p, ["seed=1"]).hash() != load_config(p).hash()
+    # Settings left at their defaults, and the executor, do not enter the hash: a new field with a default
+    # or a switch to Ray does not orphan a run directory.
+    assert load_config(p, ["pairs.base_side=false", "executor.kind=ray"]).hash() == load_config(p).hash()
+    assert load_config(p, ["pairs.base_side=true"]).hash() != load_config(p).hash()
 
 
 def test_accelerate_configs_parse_and_open_with_their_command():
