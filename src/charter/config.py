@@ -231,7 +231,7 @@ class RunConfig:
 def _changed(d: dict, default: dict) -> dict:
     out = {}
     for k, v in d.items():
-        base = default.get(k) if isinstance(default, dict) else None
+        base = default.get(k)
         if isinstance(v, dict) and isinstance(base, dict):
             sub = _changed(v, base)
             if sub:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
+from ..errors import CharterError
+
 Messages = list  # list[{"role": str, "content": str}]
 
 
@@ -41,6 +43,17 @@ class Backend(Protocol):
 def user(text: str, system: str | None = None) -> Messages:
     msgs = [{"role": "system", "content": system}] if system else []
     return msgs + [{"role": "user", "content": text}]
+
+
+def option_token_ids(encode, options) -> list[int]:
+    """The first token id of each option's text: what a next-token scorer reads for it."""
+    ids = []
+    for o in options:
+        toks = encode(o)
+        if not toks:
+            raise CharterError(f"option {o!r} encodes to no tokens")
+        ids.append(toks[0])
+    return ids
 
 
 def common_prefix_len(seqs) -> int:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..errors import CharterError
 from ..models import resolve_model
-from .base import GenParams, common_prefix_len
+from .base import GenParams, common_prefix_len, option_token_ids
 
 log = logging.getLogger("charter")
 
@@ -75,6 +75,8 @@ class HFBackend:
         self.progress = progress
         self.max_context = getattr(model.config, "max_position_embeddings", 2048) or 2048
         self.truncated = 0  # prompts cut to fit the context
+        # transformers renamed forward's `past_key_values` to `cache` in 5.x; pass whichever this version takes.
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def render(self, messages, add_generation_prompt=True) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -136,12 +138,7 @@ class HFBackend:
 
         Judge contexts share a long prefix (chat template, instructions, few-shot example): it is run once,
         its KV cache repeated across the batch, and only each context's own suffix is computed."""
-        option_ids = []
-        for o in options:
-            ids = self.tok(o, add_special_tokens=False).input_ids
-            if not ids:
-                raise CharterError(f"option {o!r} encodes to no tokens")
-            option_ids.append(ids[0])
+        option_ids = option_token_ids(lambda o: self.tok(o, add_special_tokens=False).input_ids, options)
         ids = [self.tok(c, add_special_tokens=False).input_ids for c in contexts]
         k = common_prefix_len(ids) if len(ids) > 1 else 0
         if k < 8:  # nothing worth sharing
@@ -158,9 +155,7 @@ class HFBackend:
         inp = torch.tensor([s + [pad] * (width - len(s)) for s in suffix], device=dev)
         mask = torch.tensor([[1] * (k + len(s)) + [0] * (width - len(s)) for s in suffix], device=dev)
         pos = (k + torch.arange(width, device=dev)).expand(n, width)
-        # transformers renamed `past_key_values` to `cache` in 5.x; pass whichever this version takes.
-        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, **{key: cache}).logits
+        logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, **{self._cache_kw: cache}).logits
         last = torch.tensor([len(s) - 1 for s in suffix], device=dev)
         rows = logits[torch.arange(n, device=dev), last].float().log_softmax(-1)
         return rows[:, option_ids].tolist()

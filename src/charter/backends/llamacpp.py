@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CharterError
-from .base import GenParams, common_prefix_len  # noqa: F401 (re-exported for tests)
+from .base import GenParams, common_prefix_len, option_token_ids  # noqa: F401 (common_prefix_len re-exported)
 
 log = logging.getLogger("charter")
 _QUIET = None  # the ctypes log callback must outlive every llama.cpp call
@@ -165,9 +165,8 @@ class LlamaCppBackend:
         k = min(common_prefix_len(seqs), *(min(w) for w in want if w)) if len(seqs) > 1 else 0
         items = [(t, p, 0, False) for p, t in enumerate(seqs[0][:k])]
         got = self._decode(items) if items else {}
-        for s in range(1, len(seqs)):
-            if k:
-                self.L.llama_memory_seq_cp(self.mem, 0, s, 0, k)
+        for s in range(1, len(seqs) if k else 0):
+            self.L.llama_memory_seq_cp(self.mem, 0, s, 0, k)
         items = [(t, p, s, p in want[s]) for s, toks in enumerate(seqs) for p, t in enumerate(toks) if p >= k]
         got.update(self._decode(items))
         return got
@@ -211,12 +210,7 @@ class LlamaCppBackend:
         return out
 
     def next_token_logprobs(self, contexts, options) -> list[list[float]]:
-        option_ids = []
-        for o in options:
-            ids = self._encode(o)
-            if not ids:
-                raise CharterError(f"option {o!r} encodes to no tokens")
-            option_ids.append(ids[0])
+        option_ids = option_token_ids(self._encode, options)
         ids = [self._fit(self._encode(c), 1) for c in contexts]
         out = []
         for g in range(0, len(ids), self.n_seq):

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 
 from .. import records
-from ..evals.capability import evaluate_capability
 from ..backends import GenParams
+from ..evals.capability import evaluate_capability
 from ..evals.core import eval_chunk, summarize
-from ..executor import map_chunks
 from ..evals.helpfulness import win_rate
+from ..executor import map_chunks
 from ..evals.suites import load_suite, overlap
 from ..prompts import dev_prompts
 from .common import train_prompts
