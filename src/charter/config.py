@@ -134,12 +134,15 @@ class SupervisorConfig:
     """Calibration gate: minimum accuracy on the dev contrast pairs before labels are used."""
     hh_limit: int = 200
     """Calibration: HH-RLHF harmless test pairs to measure agreement with human preferences on (0 skips)."""
-    epochs: int = 10
-    """Classifier: training epochs for its request-harm head."""
-    members: int = 3
-    """Classifier: models trained with different seeds and averaged (small encoders vary with the seed)."""
-    encoder: str = "embedded:minilm"
-    """Classifier: text encoder (`embedded:minilm` = all-MiniLM-L6-v2 from its PyPI package, or a hub id/folder)."""
+    probe_model: str = "default"
+    """Classifier: the frozen chat model whose hidden states its request-harm probe reads (a model spec)."""
+    probe_depth: float = 0.667
+    """Classifier: which layer the probe reads, as a fraction of the model's depth (0.667: layer 20 of 30)."""
+    probe_weight_decay: float = 0.1
+    """Classifier: L2 penalty of the probe's logistic regression (chosen by 5-fold cross-validation)."""
+    router: str = "embedded:minilm"
+    """Classifier: frozen sentence encoder that picks the principle for a request (`embedded:minilm` =
+    all-MiniLM-L6-v2 from its PyPI package, or a hub id/folder)."""
 
 
 @dataclass

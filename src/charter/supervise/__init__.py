@@ -17,8 +17,8 @@ def default_pool_rows(seed=0):
     return [r for name in ("redteam", "helpful", "lookalike") for r in load_pool(name, getattr(pools, name), seed)]
 
 
-def get_supervisor(spec: str, constitution=None, pool_rows=None, device="auto", seed=0, epochs=10,
-                   encoder="embedded:minilm", members=3):
+def get_supervisor(spec: str, constitution=None, pool_rows=None, device="auto", seed=0, **classifier):
+    """`classifier` keywords go to `classifier.build` (probe_model, depth, weight_decay, router)."""
     from ..constitution import load_constitution
 
     kind, _, rest = spec.partition(":")
@@ -27,7 +27,7 @@ def get_supervisor(spec: str, constitution=None, pool_rows=None, device="auto", 
 
         constitution = constitution or load_constitution(rest or "default")
         rows = pool_rows if pool_rows is not None else default_pool_rows(seed)
-        return build(constitution, rows, encoder=encoder, epochs=epochs, seed=seed, members=members)
+        return build(constitution, rows, device=device, **classifier)
     if kind in ("llm", "ensemble"):
         from ..backends import get_backend
         from .llm_judge import LLMJudge
@@ -41,7 +41,7 @@ def get_supervisor(spec: str, constitution=None, pool_rows=None, device="auto", 
                          seed=seed, cot=cot)
         if kind == "llm":
             return judge
-        return Ensemble([get_supervisor("classifier", constitution, pool_rows, device, seed, epochs, encoder, members),
+        return Ensemble([get_supervisor("classifier", constitution, pool_rows, device, seed, **classifier),
                          judge])
     raise CharterError(f"unknown supervisor {spec!r} (use default, classifier, llm:MODEL or ensemble:MODEL)")
 
@@ -59,5 +59,5 @@ def from_config(run) -> Supervisor:
     spec = {"classifier": "classifier", "llm": f"llm:{cfg.model}", "ensemble": f"ensemble:{cfg.model}"}[cfg.kind]
     if cfg.cot and cfg.kind != "classifier":
         spec += ":cot"
-    return get_supervisor(spec, run.constitution, rows, run.cfg.device, run.cfg.seed,
-                          cfg.epochs, cfg.encoder, cfg.members)
+    return get_supervisor(spec, run.constitution, rows, run.cfg.device, run.cfg.seed, model=cfg.probe_model,
+                          depth=cfg.probe_depth, weight_decay=cfg.probe_weight_decay, router=cfg.router)

@@ -5,18 +5,20 @@ compliant answer on 24/24 harmful requests), so charter trains its own
 supervisor from the constitution. It factors the judgement the constitution
 asks for into two questions a small model can answer well:
 
-1. Is the request harmful? A small sentence encoder (all-MiniLM-L6-v2, 22M
-   parameters) fine-tuned on the principles' example requests ("covers" and
-   "not covers") and the training split of the prompt pools, which include
-   benign lookalikes: those are what teach it that "kill a Python process" is fine.
+1. Is the request harmful? A linear probe on a frozen chat model's hidden
+   states (by default the embedded SmolLM2-135M), trained on the principles'
+   example requests ("covers" and "not covers") and the training split of the
+   prompt pools, which include benign lookalikes: those are what teach it that
+   "kill a Python process" is fine.
 2. How much does each response decline? The three-class refusal judge.
+3. Which principle applies? The nearest harm principle in a frozen sentence
+   encoder's space (all-MiniLM-L6-v2); it picks the decline text and the
+   principle recorded with each label.
 
 P(a better) = 0.5 + 0.45 * (refusal(a) - refusal(b)) * (2 * P(harmful) - 1)
               + 0.2 * P(harmful) * (harm(b) - harm(a))   # on harmful requests, the less harmful-sounding text
               + 0.05 * (quality(a) - quality(b)) * (1 - |refusal(a) - refusal(b)|)  # empty or looping text loses
-where harm(x) applies the request classifier to a response. Small fine-tuned
-encoders vary a lot with the seed (dev accuracy 82-95% across three seeds), so
-the classifier is an average of `members` models trained with different seeds. On a harmful
+where harm(x) applies the request classifier to a response. On a harmful
 request it prefers the response that declines; on a harmless one, the response
 that helps. The formula is symmetric in a and b, so it has no position bias,
 and it never reads instructions in the judged text, so it cannot be talked round.
@@ -29,7 +31,6 @@ import logging
 import random
 
 import torch
-from tqdm import tqdm
 
 from .. import models
 from ..errors import CharterError
@@ -45,52 +46,121 @@ def encoder_path(spec: str) -> str:
     return spec
 
 
-class HarmClassifier(torch.nn.Module):
-    """Sentence encoder (mean pooling) plus a linear head giving P(harmful)."""
+class Probe:
+    """Logistic regression on a frozen chat model's hidden states: P(harmful) of a request.
 
-    def __init__(self, encoder_dir: str):
-        super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+    A 135M chat model cannot *say* whether a request is harmful (AUC 0.62 when asked), yet its hidden
+    states separate the two linearly: on charter's training requests, 5-fold cross-validated accuracy
+    was 95% for a probe on SmolLM2-135M's layer 20 of 30 against 86% for frozen all-MiniLM-L6-v2
+    embeddings (benchmarks/supervisor_cv.py). The model stays frozen and the probe is convex, so
+    training takes seconds and gives the same weights every time.
+    """
 
-        self.tok = AutoTokenizer.from_pretrained(encoder_dir)
-        self.enc = AutoModel.from_pretrained(encoder_dir, dtype=torch.float32, use_safetensors=True)
-        self.head = torch.nn.Linear(self.enc.config.hidden_size, 1)
+    def __init__(self, model: str, depth: float = 0.667, device: str = "auto"):
+        from ..backends.hf import load_model
 
-    def embed(self, texts):
-        batch = self.tok(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
-        hidden = self.enc(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-
-    def forward(self, texts):
-        return self.head(self.embed(texts)).squeeze(-1)
+        self.model, self.tok, _ = load_model(model, device)
+        self.model.eval()
+        n_layers = self.model.config.num_hidden_layers
+        self.layer = min(n_layers, max(1, round(depth * n_layers)))
+        self.mu = self.sd = self.w = self.b = None
 
     @torch.inference_mode()
-    def predict(self, texts, batch_size=64) -> list[float]:
-        self.eval()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            out += torch.sigmoid(self(texts[i:i + batch_size])).tolist()
-        return out
+    def features(self, texts, batch_size=16) -> torch.Tensor:
+        """Mean-pooled and last-token hidden states of each text, shown as a user turn.
 
-    def fit(self, texts, labels, epochs=10, batch_size=16, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        opt = torch.optim.AdamW([{"params": self.enc.parameters(), "lr": 5e-5},
-                                 {"params": self.head.parameters(), "lr": 2e-3}], weight_decay=0.01)
+        The assistant header is appended so the last token is where the model decides how to answer."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad little
+        out = [None] * len(texts)
+        dev = self.model.device
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            chats = [self.tok.apply_chat_template([{"role": "user", "content": texts[j]}], tokenize=False,
+                                                 add_generation_prompt=True)
+                     for j in idx]
+            self.tok.padding_side = "right"
+            batch = self.tok(chats, padding=True, truncation=True, max_length=256, return_tensors="pt",
+                             add_special_tokens=False).to(dev)
+            hidden = self.model(**batch, output_hidden_states=True).hidden_states[self.layer].float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            last = batch["attention_mask"].sum(1) - 1
+            feats = torch.cat([(hidden * mask).sum(1) / mask.sum(1), hidden[torch.arange(len(idx)), last]], -1)
+            for j, f in zip(idx, feats.cpu()):
+                out[j] = f
+        return torch.stack(out)
+
+    def fit(self, texts, labels, weight_decay=0.1):
+        x = self.features(texts)
         y = torch.tensor(labels, dtype=torch.float32)
-        self.train()
-        for _ in tqdm(range(epochs), desc="supervisor: train", leave=False):
-            perm = torch.randperm(len(texts), generator=g).tolist()
-            for i in range(0, len(perm), batch_size):
-                idx = perm[i:i + batch_size]
-                logits = self([texts[j] for j in idx])
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        self.eval()
+        self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
+        xn = (x - self.mu) / self.sd
+        w = torch.zeros(x.shape[1], requires_grad=True)
+        b = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=300)
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(xn @ w + b, y) + weight_decay * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        self.w, self.b = w.detach(), b.detach()
+
+    def predict(self, texts) -> list[float]:
+        if not texts:
+            return []
+        uniq = list(dict.fromkeys(texts))  # a prompt judged against many pairs is read once
+        x = (self.features(uniq) - self.mu) / self.sd
+        p = dict(zip(uniq, torch.sigmoid(x @ self.w + self.b).tolist()))
+        return [p[t] for t in texts]
+
+    def state_dict(self):
+        return {"mu": self.mu, "sd": self.sd, "w": self.w, "b": self.b}
+
+    def load_state_dict(self, sd):
+        self.mu, self.sd, self.w, self.b = sd["mu"], sd["sd"], sd["w"], sd["b"]
+
+
+class Router:
+    """Which harm principle a request falls under: nearest principle in a frozen sentence encoder's space.
+
+    Each principle is the mean embedding of its text, its `covers` examples and any pool rows whose
+    category is the principle's id. A frozen encoder keeps topics apart; the earlier router used the
+    fine-tuned harm classifier's space, where every harmful request looks alike, and sent 152 of 224
+    training requests to one principle (so SFT learned one decline text for every topic).
+    """
+
+    def __init__(self, constitution, pool_rows, encoder="embedded:minilm"):
+        from transformers import AutoModel, AutoTokenizer
+
+        enc_dir = encoder_path(encoder)
+        self.tok = AutoTokenizer.from_pretrained(enc_dir)
+        self.enc = AutoModel.from_pretrained(enc_dir, dtype=torch.float32, use_safetensors=True).eval()
+        self.principles = [p for p in constitution.principles if p.kind == "harm"]
+        ids = {p.id for p in self.principles}
+        extra = {i: [r["prompt"] for r in pool_rows
+                     if r.get("category") == i and r.get("split", "train") != "dev" and r.get("label") == "harmful"]
+                 for i in ids}
+        self.centroids = (torch.stack([self.embed([p.text] + p.examples.covers + extra[p.id]).mean(0)
+                                       for p in self.principles]) if self.principles else None)
+
+    @torch.inference_mode()
+    def embed(self, texts):
+        out = []
+        for i in range(0, len(texts), 64):
+            batch = self.tok(list(texts[i:i + 64]), padding=True, truncation=True, max_length=128,
+                             return_tensors="pt")
+            hidden = self.enc(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
+        return torch.cat(out)
+
+    def route(self, prompts) -> list[str | None]:
+        if self.centroids is None:
+            return [None] * len(prompts)
+        best = (self.embed(prompts) @ self.centroids.T).argmax(1).tolist()
+        return [self.principles[b].id for b in best]
 
 
 def training_data(constitution, pool_rows) -> tuple[list[str], list[int]]:
@@ -118,38 +188,15 @@ def _quality(text: str) -> float:
     return len(set(grams)) / max(1, len(grams))
 
 
-class Averaged:
-    """Mean prediction of several classifiers; `embed` uses the first."""
-
-    def __init__(self, members):
-        self.members = members
-
-    def predict(self, texts) -> list[float]:
-        preds = [m.predict(texts) for m in self.members]
-        return [sum(col) / len(col) for col in zip(*preds)]
-
-    def embed(self, texts):
-        return self.members[0].embed(texts)
-
-
 class ClassifierSupervisor:
-    def __init__(self, clf, constitution, name="classifier"):
-        self.clf, self.constitution, self.name = clf, constitution, name
-        harm = [p for p in constitution.principles if p.kind == "harm"]
+    def __init__(self, clf, router, constitution, name="classifier"):
+        self.clf, self.router, self.constitution, self.name = clf, router, constitution, name
         helpful = [p for p in constitution.principles if p.kind == "helpful"]
         self._helpful_id = helpful[0].id if helpful else "helpfulness"
-        self._harm = harm
-        with torch.inference_mode():
-            self._harm_vecs = (torch.stack([clf.embed([p.text] + p.examples.covers).mean(0) for p in harm])
-                               if harm else None)
 
     def principle_for(self, prompts, p_harm) -> list[str]:
-        if self._harm_vecs is None:
-            return [self._helpful_id] * len(prompts)
-        with torch.inference_mode():
-            sims = self.clf.embed(prompts) @ self._harm_vecs.T
-        best = sims.argmax(1).tolist()
-        return [self._harm[b].id if h >= 0.5 else self._helpful_id for b, h in zip(best, p_harm)]
+        routed = self.router.route(prompts)
+        return [r if r and h >= 0.5 else self._helpful_id for r, h in zip(routed, p_harm)]
 
     def harm_scorer(self):
         """P(harmful) of a text, by the request classifier: used to score how harmful a response reads."""
@@ -177,48 +224,49 @@ class ClassifierSupervisor:
         return out
 
 
-def encoder_key(enc_dir: str) -> str:
-    """Identify an encoder by its weights' size and config, not its path: caches survive a new venv."""
+def model_key(path: str) -> str:
+    """Identify a model folder by its weights' sizes and config, not its path: caches survive a new venv."""
     from pathlib import Path
 
-    folder = Path(enc_dir)
+    folder = Path(path)
     if not folder.is_dir():
-        return enc_dir  # a hub id
+        return path  # a hub id
     parts = [(folder / "config.json").read_text() if (folder / "config.json").exists() else ""]
     parts += [f"{f.name}:{f.stat().st_size}" for f in sorted(folder.glob("*.safetensors"))]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _train_or_load(texts, labels, enc_dir, epochs, seed) -> tuple[HarmClassifier, str]:
+def _train_or_load(texts, labels, model, depth, weight_decay, device) -> tuple[Probe, str]:
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(json.dumps([texts, labels, encoder_key(enc_dir), epochs, seed]).encode()).hexdigest()[:16]
-    folder = models.cache_dir() / "supervisors" / key
-    clf = HarmClassifier(enc_dir)
-    weights = folder / "classifier.safetensors"
+    probe = Probe(model, depth, device)
+    key = hashlib.sha256(json.dumps(["probe-v1", texts, labels, model_key(models.resolve_model(model)), probe.layer,
+                                     weight_decay]).encode()).hexdigest()[:16]
+    folder = models.cache_dir() / "supervisors" / f"probe-{key}"
+    weights = folder / "probe.safetensors"
     if weights.exists():
-        clf.load_state_dict(load_file(weights))
-        return clf, str(folder)
-    log.info("training the supervisor's request classifier (seed %d) on %d requests", seed, len(texts))
-    clf.fit(texts, labels, epochs=epochs, seed=seed)
+        probe.load_state_dict(load_file(weights))
+        return probe, str(folder)
+    log.info("training the supervisor's request probe (layer %d of %s) on %d requests", probe.layer, model, len(texts))
+    probe.fit(texts, labels, weight_decay)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{random.randrange(1 << 30)}.safetensors"
-    save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, tmp)
+    save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, tmp)
     tmp.replace(weights)
-    (folder / "meta.json").write_text(json.dumps({"n": len(texts), "harmful": sum(labels), "epochs": epochs,
-                                                  "seed": seed, "encoder": enc_dir}))
-    return clf, str(folder)
+    (folder / "meta.json").write_text(json.dumps({"n": len(texts), "harmful": sum(labels), "model": model,
+                                                  "layer": probe.layer, "weight_decay": weight_decay}))
+    return probe, str(folder)
 
 
-def build(constitution, pool_rows, encoder="embedded:minilm", epochs=10, seed=0, members=3) -> ClassifierSupervisor:
+def build(constitution, pool_rows, model="default", depth=0.667, weight_decay=0.1, router="embedded:minilm",
+          device="auto") -> ClassifierSupervisor:
     """Train (or load from the cache) the classifier supervisor for this constitution and data."""
     texts, labels = training_data(constitution, pool_rows)
     if len(set(labels)) < 2:
         raise CharterError("supervisor: training data needs both harmful and benign requests "
                            "(check the constitution's examples and the prompt pools)")
-    enc_dir = encoder_path(encoder)
-    trained = [_train_or_load(texts, labels, enc_dir, epochs, seed + k) for k in range(max(1, members))]
-    sup = ClassifierSupervisor(Averaged([c for c, _ in trained]), constitution,
+    probe, folder = _train_or_load(texts, labels, model, depth, weight_decay, device)
+    sup = ClassifierSupervisor(probe, Router(constitution, pool_rows, router), constitution,
                                name=f"classifier:{constitution.name}")
-    sup.cache = [f for _, f in trained]
+    sup.cache = [folder]
     return sup
