@@ -63,6 +63,12 @@ class Probe:
         self.model.eval()
         n_layers = self.model.config.num_hidden_layers
         self.layer = min(n_layers, max(1, round(depth * n_layers)))
+        # Only the layers up to the probed one matter: drop the rest and the LM head (the vocabulary
+        # projection is the single largest matmul of a small model). One layer more is kept because the
+        # last hidden state a model returns is the normalised one, not the raw layer output.
+        self.body = self.model.base_model
+        if hasattr(self.body, "layers"):
+            self.body.layers = self.body.layers[:self.layer + 1]
         self.mu = self.sd = self.w = self.b = None
 
     @torch.inference_mode()
@@ -81,7 +87,7 @@ class Probe:
             self.tok.padding_side = "right"
             batch = self.tok(chats, padding=True, truncation=True, max_length=256, return_tensors="pt",
                              add_special_tokens=False).to(dev)
-            hidden = self.model(**batch, output_hidden_states=True).hidden_states[self.layer].float()
+            hidden = self.body(**batch, output_hidden_states=True).hidden_states[self.layer].float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             last = batch["attention_mask"].sum(1) - 1
             feats = torch.cat([(hidden * mask).sum(1) / mask.sum(1), hidden[torch.arange(len(idx)), last]], -1)
@@ -90,22 +96,7 @@ class Probe:
         return torch.stack(out)
 
     def fit(self, texts, labels, weight_decay=0.1):
-        x = self.features(texts)
-        y = torch.tensor(labels, dtype=torch.float32)
-        self.mu, self.sd = x.mean(0), x.std(0) + 1e-6
-        xn = (x - self.mu) / self.sd
-        w = torch.zeros(x.shape[1], requires_grad=True)
-        b = torch.zeros(1, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], max_iter=300)
-
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(xn @ w + b, y) + weight_decay * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        self.w, self.b = w.detach(), b.detach()
+        self.mu, self.sd, self.w, self.b = fit_logistic(self.features(texts), labels, weight_decay)
 
     def predict(self, texts) -> list[float]:
         if not texts:
@@ -120,6 +111,25 @@ class Probe:
 
     def load_state_dict(self, sd):
         self.mu, self.sd, self.w, self.b = sd["mu"], sd["sd"], sd["w"], sd["b"]
+
+
+def fit_logistic(x: torch.Tensor, labels, weight_decay=0.1):
+    """L2-regularised logistic regression on standardised features: (mean, std, weights, bias)."""
+    y = torch.tensor(labels, dtype=torch.float32)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xn = (x - mu) / sd
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xn @ w + b, y) + weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return mu, sd, w.detach(), b.detach()
 
 
 class Router:
