@@ -46,6 +46,12 @@ def encoder_path(spec: str) -> str:
     return spec
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each sequence's hidden states over its real (unpadded) tokens."""
+    mask = attention_mask.unsqueeze(-1).float()
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 class Probe:
     """Logistic regression on a frozen chat model's hidden states: P(harmful) of a request.
 
@@ -69,6 +75,7 @@ class Probe:
         self.body = self.model.base_model
         if hasattr(self.body, "layers"):
             self.body.layers = self.body.layers[:self.layer + 1]
+        self.tok.padding_side = "right"  # the last real token sits at attention_mask.sum() - 1
         self.mu = self.sd = self.w = self.b = None
 
     @torch.inference_mode()
@@ -84,13 +91,11 @@ class Probe:
             chats = [self.tok.apply_chat_template([{"role": "user", "content": texts[j]}], tokenize=False,
                                                  add_generation_prompt=True)
                      for j in idx]
-            self.tok.padding_side = "right"
             batch = self.tok(chats, padding=True, truncation=True, max_length=256, return_tensors="pt",
                              add_special_tokens=False).to(dev)
             hidden = self.body(**batch, output_hidden_states=True).hidden_states[self.layer].float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
             last = batch["attention_mask"].sum(1) - 1
-            feats = torch.cat([(hidden * mask).sum(1) / mask.sum(1), hidden[torch.arange(len(idx)), last]], -1)
+            feats = torch.cat([mean_pool(hidden, batch["attention_mask"]), hidden[torch.arange(len(idx)), last]], -1)
             for j, f in zip(idx, feats.cpu()):
                 out[j] = f
         return torch.stack(out)
@@ -162,8 +167,7 @@ class Router:
             batch = self.tok(list(texts[i:i + 64]), padding=True, truncation=True, max_length=128,
                              return_tensors="pt")
             hidden = self.enc(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
+            out.append(torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1))
         return torch.cat(out)
 
     def route(self, prompts) -> list[str | None]:
