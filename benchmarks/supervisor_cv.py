@@ -1,12 +1,19 @@
-"""Which features should the supervisor's request-harm classifier read? 5-fold cross-validation on its training data.
+"""Which features should the supervisor's request-harm probe read? Cross-validation, validation and outside sets.
 
-    python benchmarks/supervisor_cv.py [--depths 0.333 0.5 0.667 0.833] [--weight-decay 0.01 0.1 1.0]
+    python benchmarks/supervisor_cv.py [--depths 0.4 0.5 0.6 0.667 0.733 0.833] [--weight-decay 0.01 0.1]
+                                       [--suite-limit N]
 
-The training data is what `charter run configs/default.yaml` trains the supervisor on: the default
-constitution's example requests plus the train split of the builtin pools (the dev split is never read
-here). Compares a logistic-regression probe on the embedded SmolLM2-135M's hidden states at several depths
-with the same regression on frozen all-MiniLM-L6-v2 sentence embeddings, and prints accuracy per setting
-plus the seconds spent computing features. Writes benchmarks/supervisor_cv.json.
+Training data is what `charter run configs/default.yaml` trains the supervisor on (`supervise/data.py`: the
+default constitution's examples, the pools' train split, charter's supervisor data and wrappers, AdvBench and
+StrongREJECT when present). Features are computed once at every depth listed, then each setting (which
+layers, which pooling, which L2 penalty) is scored by:
+- 5-fold cross-validated accuracy on the training data;
+- the validation rows (charter's held-out lookalikes, ordinary and harmful requests, wrapped ones, HarmBench
+  val): F1 and benign-flagged rate at the threshold chosen there for a 5% false-positive target.
+  **Settings are chosen on these.**
+- suites it never trains on or is tuned on, reported beside: XSTest prompts (F1, safe flagged), HarmBench test
+  and HarmBench test in PyRIT jailbreak templates (recall), benign dev requests in those templates (flagged).
+A frozen all-MiniLM-L6-v2 probe is the baseline row. Writes benchmarks/supervisor_cv.json.
 """
 from __future__ import annotations
 
@@ -22,9 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+OUTSIDE = ("xstest", "harmbench", "jailbreak", "jailbreak-benign")
 
 
-def cv_accuracy(x, labels, weight_decay, folds=5, seed=0) -> float:
+def cv_accuracy(x, labels, weights, weight_decay, folds=5, seed=0) -> float:
     import torch
 
     from charter.supervise.classifier import fit_logistic
@@ -35,7 +43,7 @@ def cv_accuracy(x, labels, weight_decay, folds=5, seed=0) -> float:
     for k in range(folds):
         test = set(idx[k::folds])
         train = [i for i in idx if i not in test]
-        mu, sd, w, b = fit_logistic(x[train], [labels[i] for i in train], weight_decay)
+        mu, sd, w, b = fit_logistic(x[train], [labels[i] for i in train], weight_decay, [weights[i] for i in train])
         test = sorted(test)
         pred = (((x[test] - mu) / sd) @ w + b) > 0
         right += int((pred == torch.tensor([bool(labels[i]) for i in test])).sum())
@@ -44,36 +52,81 @@ def cv_accuracy(x, labels, weight_decay, folds=5, seed=0) -> float:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--depths", type=float, nargs="+", default=[0.333, 0.5, 0.667, 0.833])
-    ap.add_argument("--weight-decay", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    ap.add_argument("--depths", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.667, 0.733, 0.833])
+    ap.add_argument("--weight-decay", type=float, nargs="+", default=[0.01, 0.1])
+    ap.add_argument("--suite-limit", type=int, default=None, help="a seeded sample per outside suite")
     a = ap.parse_args()
 
-    from charter.constitution import load_constitution
-    from charter.supervise import default_pool_rows
-    from charter.supervise.classifier import Probe, Router, training_data
+    import torch
 
-    constitution = load_constitution("default")
-    rows = default_pool_rows()
-    texts, labels = training_data(constitution, rows)
-    print(f"{len(texts)} training requests, {sum(labels)} harmful; 5-fold cross-validation")
+    from charter.constitution import load_constitution
+    from charter.supervise import data, default_pool_rows, suites
+    from charter.supervise.classifier import Probe, Router, fit_logistic
+
+    texts, labels, weights, notes = data.training_set(load_constitution("default"), default_pool_rows())
+    val = data.validation_set()
+    outside = {}
+    for name in OUTSIDE:
+        try:
+            outside[name] = suites.load(name, a.suite_limit)
+        except Exception as e:  # a missing shared data folder: report without that column
+            print(f"{name}: skipped ({e})")
+    print(f"{len(texts)} training requests ({sum(labels)} harmful), {len(val)} validation, "
+          f"outside: {', '.join(f'{k} {len(v)}' for k, v in outside.items())}; {notes or 'all public sets used'}")
+
+    def featurise(fn):
+        t = time.time()
+        xs = {"train": fn(texts), "val": fn([r["prompt"] for r in val])}
+        xs.update({k: fn([r["prompt"] for r in v]) for k, v in outside.items()})
+        return xs, time.time() - t
+
     results = []
 
-    def report(name, x, secs):
+    def report(name, xs, secs):
         for wd in a.weight_decay:
-            acc = cv_accuracy(x, labels, wd)
-            results.append({"features": name, "weight_decay": wd, "cv_accuracy": round(acc, 4),
-                            "feature_seconds": round(secs, 1)})
-            print(f"{name:32s} wd={wd:<5} accuracy {acc:.1%}   ({secs:.0f} s of features)", flush=True)
+            mu, sd, w, b = fit_logistic(xs["train"], labels, wd, weights)
+            pred = lambda x: torch.sigmoid(((x - mu) / sd) @ w + b).tolist()  # noqa: E731
+            pv = pred(xs["val"])
+            thr = data.threshold_for(pv, val, 0.05)
+            row = {"features": name, "weight_decay": wd, "feature_seconds": round(secs, 1),
+                   "cv_accuracy": round(cv_accuracy(xs["train"], labels, weights, wd), 4), "threshold": thr,
+                   "val": _brief(suites.score(val, pv, thr))}
+            for k, v in outside.items():
+                row[k] = _brief(suites.score(v, pred(xs[k]), thr))
+            results.append(row)
+            print(json.dumps(row), flush=True)
 
-    t = time.time()
-    router = Router(constitution, [])
-    report("all-MiniLM-L6-v2, frozen", router.embed(texts), time.time() - t)
-    for depth in a.depths:
-        probe = Probe("default", depth, "cpu")
-        t = time.time()
-        x = probe.features(texts)
-        report(f"SmolLM2-135M layer {probe.layer}", x, time.time() - t)
+    router = Router(load_constitution("default"), [])
+    report("all-MiniLM-L6-v2, frozen", *featurise(router.embed))
+    probe = Probe("default", tuple(a.depths), "cpu")
+    xs, secs = featurise(probe.features)
+    d = probe.model.config.hidden_size
+
+    def cols(layers, parts):
+        picks = []
+        for layer in layers:
+            base = probe.layers.index(layer) * 2 * d
+            picks += [torch.arange(base + off * d, base + (off + 1) * d) for off, p in enumerate(("mean", "last"))
+                      if p in parts]
+        return torch.cat(picks)
+
+    top = probe.layers
+    subsets = [[l] for l in top] + [top[1::2], top]
+    for layers in subsets:
+        for parts in (("mean", "last"), ("last",)):
+            c = cols(layers, parts)
+            report(f"SmolLM2-135M layers {layers} {'+'.join(parts)}", {k: v[:, c] for k, v in xs.items()}, secs)
     (ROOT / "benchmarks" / "supervisor_cv.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _brief(s):
+    out = {"n": s["n"]}
+    for k in ("harmful_flagged", "benign_flagged"):
+        if k in s:
+            out[k] = round(s[k]["rate"], 4)
+    if "f1" in s:
+        out["f1"], out["auc"] = round(s["f1"]["value"], 4), round(s["auc"], 4)
+    return out
 
 
 if __name__ == "__main__":

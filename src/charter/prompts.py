@@ -94,7 +94,7 @@ def dev_prompts(limit=None, seed=0) -> list[dict]:
 
     out = []
     for name in BUILTIN_POOLS:
-        out += load_pool(name, PoolConfig(f"builtin:{name}", split="dev", limit=limit), seed)
+        out += load_pool(name, PoolConfig(source=f"builtin:{name}", split="dev", limit=limit), seed)
     return out
 
 

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 from . import records
-from .config import RunConfig, config_dict
+from .backends import trained_spec
+from .config import RunConfig
 from .constitution import load_constitution
 from .errors import CharterError
+from .tracking import StageLog
 
 log = logging.getLogger("charter")
 
@@ -68,6 +70,7 @@ class Run:
         self.force = force
         self.constitution = load_constitution(cfg.constitution)
         self._backends = {}
+        self._truncated = 0  # prompts the released backends cut to fit their context, for the manifest
         self.manifest_path = self.dir / "manifest.json"
         self.manifest = {}
         if self.manifest_path.exists():
@@ -102,8 +105,7 @@ class Run:
             p = self.path("models", role)
             if not (p / "config.json").exists():
                 raise CharterError(f"{p}: the {role} model has not been trained yet")
-            # Trained models are served by the engine that served the base model.
-            return f"vllm:{p}" if self.cfg.model.startswith("vllm:") else str(p)
+            return trained_spec(self.cfg.model, p)
         return role
 
     def model_spec_resolved(self, role: str) -> str:
@@ -131,12 +133,9 @@ class Run:
             self._supervisor = from_config(self)
         return self._supervisor
 
-    @supervisor.setter
-    def supervisor(self, value):
-        self._supervisor = value
-
     def release(self):
         for b in self._backends.values():
+            self._truncated += getattr(b, "truncated", 0)
             if hasattr(b, "close"):  # engines that hold GPU memory outside Python's reach (vLLM)
                 b.close()
         self._backends.clear()
@@ -156,6 +155,15 @@ class Run:
             for s in STAGES[STAGES.index(restart):]:
                 self.reset(s)
 
+    def check_inputs(self, stage: str, mod):
+        """Name the first missing input of a stage, and the stage that writes it."""
+        for rel in getattr(mod, "INPUTS", []):
+            if not self.path(rel).exists():
+                writer = next(s for s in STAGES if any(rel == o or rel.startswith(o + "/") for o in
+                                                       importlib.import_module(f"charter.stages.{s}").OUTPUTS))
+                raise CharterError(f"stage {stage}: {self.path(rel)} is missing; the {writer} stage writes it "
+                                   f"(run it first: --stages {writer} {stage})")
+
     def reset(self, stage: str):
         """Forget a stage's outputs so it runs again from scratch."""
         mod = importlib.import_module(f"charter.stages.{stage}")
@@ -172,33 +180,39 @@ class Run:
         os.chmod(self.dir, 0o755)
         self.check_compatible(restart)
         self.manifest.update(
-            charter_run=1, config=config_dict(self.cfg), config_hash=self.cfg.hash(),
+            charter_run=1, config=self.cfg.model_dump(), config_hash=self.cfg.hash(),
             constitution={"name": self.constitution.name, "version": self.constitution.version,
                           "path": self.constitution.path, "sha256": self.constitution.sha256},
             constitution_hash=self.constitution.hash, versions=_versions())
         if self.force:
             self.manifest["forced"] = True
         self.save_manifest()
+        tracker = StageLog(self)
         for stage in stages or STAGES:
             info = self.stage_info(stage)
             if info.get("status") == "done":
                 log.info("stage %s: done already, skipping", stage)
                 continue
             mod = importlib.import_module(f"charter.stages.{stage}")
+            self.check_inputs(stage, mod)
             log.info("stage %s: running", stage)
             info.update(status="running", started=time.time())
             self.save_manifest()
             reset_peak_rss()
             t0 = time.time()
-            self.truncated = 0
+            self._truncated = 0
             counts = mod.run(self) or {}
             self.release()
-            if self.truncated:
-                counts["truncated_prompts"] = self.truncated
+            if self._truncated:
+                counts["truncated_prompts"] = self._truncated
+            if counts.get("gate_override"):  # a forced gate concerns the whole run, so it heads the manifest
+                self.manifest["gate_override"] = counts["gate_override"]
             info.update(status="done", seconds=round(time.time() - t0, 1),
                         peak_rss_mib=round(peak_rss_mib(), 1), **counts)
             self.save_manifest()
+            tracker.stage_done(stage, {"seconds": info["seconds"], **counts}, step=STAGES.index(stage))
         if (self.path("models", "dpo") / "config.json").exists():
             self.manifest["final_model"] = "models/dpo"
         self.save_manifest()
+        tracker.close()
         return self.manifest

@@ -1,138 +1,112 @@
-"""Typed dataclasses from YAML: unknown keys, wrong types and empty strings are
-errors naming file:line. Each field's documentation is the string literal
-written under it (read with `field_docs`), so the docs live next to the code.
+"""Typed config sections on pydantic, read from YAML: unknown keys, wrong types and empty strings are
+errors naming file:line. Each field's documentation is the docstring written under it, which pydantic
+keeps as the field's description, so the docs live next to the code.
 """
 from __future__ import annotations
 
-import ast
-import dataclasses
+import contextlib
 import difflib
-import functools
-import inspect
-import textwrap
-import types
 import typing
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import CharterError
 from .yamlio import LineDict
 
 
-@functools.cache
+def _scalar(tp, value):
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        with contextlib.suppress(ValueError):
+            return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # `version: 1`
+    return value
+
+
+def _section(tp):
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+class Section(BaseModel):
+    """A config section: strict types (no `true` for a number), no unknown keys, documented fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_yaml(cls, value, info):
+        tp = cls.model_fields[info.field_name].annotation
+        if value is None:
+            return {} if _section(tp) else None  # `sft:` with nothing under it keeps the defaults
+        if typing.get_origin(tp) is list and isinstance(value, list):
+            return [_scalar(typing.get_args(tp)[0], v) for v in value]
+        return _scalar(str if tp == typing.Optional[str] else tp, value)
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+NonEmpty = Annotated[str, AfterValidator(_nonempty)]
+
+
 def field_docs(cls) -> dict[str, str]:
-    """Map each dataclass field to the docstring written below it."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for prev, node in zip(body, body[1:]):
-        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
-                and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, str)):
-            docs[prev.target.id] = inspect.cleandoc(node.value.value)
-    return docs
+    """Map each field of a section to the docstring written below it."""
+    return {name: f.description or "" for name, f in cls.model_fields.items()}
 
 
-def _loc(data, key=None):
+def _loc(data, key=None) -> str:
     return data.loc(key) if isinstance(data, LineDict) else "<config>"
 
 
-def _convert(tp, value, loc: str, key: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, loc, key)
-            except CharterError as e:
-                errors.append(str(e))
-        raise CharterError(errors[-1] if errors else f"{loc}: {key}: bad value {value!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise CharterError(f"{loc}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, list):
-            raise CharterError(f"{loc}: {key} must be a list, got {type(value).__name__}")
-        return [_convert(args[0], v, loc, f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise CharterError(f"{loc}: {key} must be a mapping, got {type(value).__name__}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        return from_dict(tp, value, key + ".", loc)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise CharterError(f"{loc}: {key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CharterError(f"{loc}: {key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CharterError(f"{loc}: {key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise CharterError(f"{loc}: {key} must be a string, got {type(value).__name__}")
-        return str(value)
-    return value
+def _fields_at(cls, path) -> list[str]:
+    for part in path:
+        tp = cls.model_fields[part].annotation if isinstance(part, str) and part in cls.model_fields else None
+        cls = next((t for t in (tp, *typing.get_args(tp)) if _section(t)), cls)
+    return list(cls.model_fields)
 
 
-def _with_defaults(value: dict, default) -> dict:
-    """Fill keys missing from a partial section with the default section's values,
-    so `pools.redteam.limit=3` keeps the default `source`."""
-    for f in dataclasses.fields(default):
-        cur = getattr(default, f.name)
-        if f.name not in value:
-            value[f.name] = cur
-        elif dataclasses.is_dataclass(cur) and isinstance(value[f.name], dict):
-            _with_defaults(value[f.name], cur)
-    return value
+_NOUNS = {"int": "an integer", "bool": "true or false", "float": "a number", "string": "a string", "list": "a list",
+          "model": "a mapping", "dict": "a mapping"}
 
 
-def from_dict(cls, data, prefix: str = "", loc: str | None = None):
-    """Build dataclass `cls` from a (Line)dict, checking keys and types; `loc` names where it came from."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise CharterError(f"{loc or _loc(data)}: {prefix.rstrip('.') or cls.__name__} must be a mapping, "
-                           f"got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(fields)})"
-            raise CharterError(f"{_loc(data, key)}: unknown key {prefix + str(key)!r}{hint}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            value = data[name]
-            if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-                if dataclasses.is_dataclass(default):
-                    value = _with_defaults(value, default)
-            kwargs[name] = _convert(hints[name], value, _loc(data, name), prefix + name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise CharterError(f"{_loc(data)}: missing required key {prefix + name!r}")
-    obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if check:
-        check(data)
-    return obj
+def _message(cls, data, err) -> str:
+    path = err["loc"]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    where, cur = _loc(data), data
+    for part in path:  # the line of the deepest key the data holds; a missing key: its mapping's line
+        if isinstance(cur, dict) and part in cur:
+            where, cur = _loc(cur, part), cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            cur = cur[part]
+        else:
+            where = _loc(cur) if isinstance(cur, dict) else where
+            break
+    kind, got = err["type"], err.get("input")
+    got = repr(got) if got is None or isinstance(got, (bool, int, float, str)) else type(got).__name__
+    if kind in ("extra_forbidden", "invalid_key"):  # invalid_key: a key that is not a string
+        known = _fields_at(cls, path[:-1])
+        close = difflib.get_close_matches(str(path[-1]), known, n=1)
+        return f"{where}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close
+                                                  else f" (known: {', '.join(known)})")
+    if kind == "missing":
+        return f"{where}: missing required key {key!r}"
+    if kind == "literal_error":
+        return f"{where}: {key} must be one of {err['ctx']['expected']}, got {got}"
+    if kind == "value_error":  # our validators phrase their errors as what the value must be
+        return f"{where}: {key.rsplit('.', 1)[-1]!r} {err['ctx']['error']}"
+    noun = _NOUNS.get(kind.rsplit("_", 1)[0])
+    return f"{where}: {key} must be {noun}, got {got}" if noun else f"{where}: {key}: {err['msg']}"
 
 
-def to_dict(obj):
-    return dataclasses.asdict(obj)
+def from_dict(cls, data):
+    """Build section `cls` from a (Line)dict; a validation error becomes a CharterError naming file:line."""
+    try:
+        return cls.model_validate({} if data is None else data)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        first = next((x for x in errors if x["type"] in ("extra_forbidden", "invalid_key")), errors[0])  # typos first
+        raise CharterError(_message(cls, data, first)) from None

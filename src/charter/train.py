@@ -1,9 +1,9 @@
-"""TRL training with CPU-correct defaults, and atomic model saving.
+"""One trainer skeleton for every training stage (SFT, DPO, RL), with CPU-correct defaults.
 
-TRL's own defaults (bf16 autocast plus gradient checkpointing) made a DPO step
-on a 2-core CPU take 160 s against 13 s in fp32 without checkpointing, so we
-set both explicitly. Models are saved as safetensors to a temporary folder and
-renamed into place, so a crash never leaves a half-written model.
+TRL's own defaults turn on bf16 autocast and gradient checkpointing, which are
+slow on a CPU (see README, "Speed"), so both are set explicitly. Models are saved
+as safetensors to a temporary folder and renamed into place, so a crash never
+leaves a half-written model.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .backends.hf import load_tokenizer, pick_device
 log = logging.getLogger("charter")
 
 
-def trl_args(cls, cfg, out_dir, seed: int, device: str, **extra):
+def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), **extra):
     on_cpu = pick_device(device) == "cpu"
     return cls(
         output_dir=str(out_dir),
@@ -34,7 +34,7 @@ def trl_args(cls, cfg, out_dir, seed: int, device: str, **extra):
         warmup_steps=0,
         logging_steps=1,
         save_strategy="no",
-        report_to=[],
+        report_to=list(report_to),  # trackers from the `tracking` section; none by default
         seed=seed,
         bf16=False,  # no bf16 autocast: slow on CPU, and fp32 is what we measured
         fp16=False,
@@ -94,6 +94,29 @@ def train_stats(trainer, seconds: float, n_params: int) -> dict:
         "tokens_per_s": round(tokens / seconds, 1) if seconds and tokens else None,
         "gflop_per_s": round(6 * n_params * tokens / seconds / 1e9, 2) if seconds and tokens else None,
     }
+
+
+def fit(run, trainer_cls, args_cls, cfg, rows, start: str, name: str, trainer_kw=None, **extra) -> dict:
+    """Train from the model `start` names (`base`, `sft`) on `rows` and save the result as models/`name`.
+
+    A stage brings its TRL trainer and config classes (`SFTTrainer`, `SFTConfig`, ...), its dataset rows in
+    TRL's format, config arguments of its own (`extra`) and trainer arguments (`trainer_kw`, e.g. an RL
+    trainer's reward functions). Returns the training statistics for the manifest."""
+    from datasets import Dataset
+
+    from . import tracking
+
+    run.release()  # one model in memory at a time
+    model, tok = load_trainable(run.model_spec_resolved(start), run.cfg.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    args = trl_args(args_cls, cfg, run.path("models", f".{name}-work"), run.cfg.seed, run.cfg.device,
+                    **tracking.trl_kwargs(run, name), **extra)
+    with tracking.trainer_env(run, name):
+        trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                              peft_config=lora_config(cfg), **(trainer_kw or {}))
+        secs = timed_train(trainer)
+    save_model(trainer.model, tok, run.path("models", name))
+    return train_stats(trainer, secs, n_params)
 
 
 def timed_train(trainer):

@@ -5,6 +5,7 @@ Config and constitution errors must name file:line, so mappings are loaded as
 """
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -87,8 +88,9 @@ def loads_yaml(text: str, name: str = "<string>"):
             loader.dispose()
 
 
-def read_jsonl(path, required=(), tolerate_torn_tail=False) -> list[dict]:
-    """Read a JSONL file into dicts; each bad line is an error naming file:line.
+def read_jsonl(path, tolerate_torn_tail=False) -> list[dict]:
+    """Read a JSONL file (gzip-compressed if its name ends in .gz) into dicts; each bad line is an error
+    naming file:line, and each row keeps its line as `_line`.
 
     `tolerate_torn_tail` drops a last line without a newline that fails to
     parse: that is what a crash in the middle of an append leaves behind.
@@ -96,10 +98,14 @@ def read_jsonl(path, required=(), tolerate_torn_tail=False) -> list[dict]:
     path = Path(path)
     try:
         data = path.read_bytes()
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
     except FileNotFoundError:
         raise CharterError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise CharterError(f"{path}: is a directory, expected a JSONL file") from None
+    except (gzip.BadGzipFile, EOFError) as e:
+        raise CharterError(f"{path}: cannot decompress ({e})") from None
     rows = []
     raw_lines = data.split(b"\n")
     for i, raw in enumerate(raw_lines, 1):
@@ -114,9 +120,6 @@ def read_jsonl(path, required=(), tolerate_torn_tail=False) -> list[dict]:
             raise CharterError(f"{where(path, i)}: not a JSON line ({type(e).__name__}: {e})") from None
         if not isinstance(row, dict):
             raise CharterError(f"{where(path, i)}: expected a JSON object, got {type(row).__name__}")
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise CharterError(f"{where(path, i)}: missing field(s) {', '.join(missing)}")
         row["_line"] = i
         rows.append(row)
     return rows

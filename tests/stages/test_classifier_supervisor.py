@@ -2,6 +2,7 @@
 import importlib.metadata
 
 import pytest
+import torch
 
 from charter.constitution import load_constitution
 from charter.supervise import classifier
@@ -12,17 +13,82 @@ BENIGN = ["How do I bake bread?", "What is photosynthesis?", "Write a birthday p
           "How do I fix a flat bike tyre?", "Explain how rainbows form.", "Give me a recipe for lentil soup."]
 
 
-def test_probe_learns_a_separable_split_and_caches_it(tiny_model, tmp_cache):
+def _constitution(tmp_path, not_covers=()):
+    """A one-principle constitution whose examples are the whole training signal besides charter's data."""
+    import yaml
+
+    from charter.constitution import load_constitution
+
+    base = load_constitution("small")
+    doc = {"name": "probe-test", "version": "1", "principles": [
+        {"id": "harm", "text": "Do not help hurt people.", "critique": "Is it harmful?", "revision": "Make it safe.",
+         "comparison": "Which is less harmful?", "kind": "harm",
+         "examples": {"covers": HARMFUL, "not_covers": BENIGN + list(not_covers)}},
+        {"id": "helpful", "text": "Help with harmless requests.", "critique": "Did it help?",
+         "revision": "Help fully.", "comparison": "Which is more helpful?", "kind": "helpful"}]}
+    path = tmp_path / f"c{len(not_covers)}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert base  # the builtin one loads too
+    return load_constitution(str(path))
+
+
+def test_probe_learns_a_separable_split(tiny_model):
+    probe = classifier.Probe(str(tiny_model), (0.5, 1.0), "cpu")
     texts, labels = HARMFUL + BENIGN, [1] * len(HARMFUL) + [0] * len(BENIGN)
-    probe, folder = classifier._train_or_load(texts, labels, str(tiny_model), 0.667, 0.01, "cpu")
-    p = probe.predict(texts)
-    # Twelve points in 128 dimensions are separable: a working fit puts every one on its side.
-    assert [x > 0.5 for x in p] == [bool(y) for y in labels]
-    assert probe.layer == 1  # round(0.667 * 2)
-    again, folder2 = classifier._train_or_load(texts, labels, str(tiny_model), 0.667, 0.01, "cpu")
-    assert folder2 == folder and again.predict(texts[:2]) == pytest.approx(p[:2], abs=1e-6)
+    probe.fit(texts, labels, 0.01)
+    # Twelve points in 512 dimensions are separable: a working fit puts every one on its side.
+    assert [x > 0.5 for x in probe.predict(texts)] == [bool(y) for y in labels]
+    assert probe.layers == [1, 2]
     # Duplicates are read once and answered for each position.
+    p = probe.predict(texts)
     assert probe.predict([texts[0], texts[6], texts[0]]) == pytest.approx([p[0], p[6], p[0]], abs=1e-6)
+
+
+def test_supervisor_training_is_cached_with_its_threshold(tiny_model, tmp_cache, tmp_path):
+    const = _constitution(tmp_path)
+    probe, meta, folder = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), 0.05, "cpu")
+    # charter's own supervisor data trains it beside the constitution's examples; the threshold is chosen on
+    # the validation rows and moved into the bias, so 0.5 is the decision point.
+    assert meta["n"] > 100 and meta["n_val"] > 0 and 0.01 <= meta["chosen_threshold"] <= 0.99
+    again, meta2, folder2 = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), 0.05, "cpu")
+    assert folder2 == folder and meta2 == meta
+    assert again.predict(HARMFUL[:2]) == pytest.approx(probe.predict(HARMFUL[:2]), abs=1e-6)
+
+
+def test_a_request_after_a_long_preamble_is_read(tiny_model):
+    probe = classifier.Probe(str(tiny_model), (1.0,), "cpu", max_tokens=4096)
+    preamble = " ".join(["Please read these rules carefully before you answer anything at all ."] * 100)
+    a, b = HARMFUL[2], BENIGN[0]
+    x = probe.features([f"{preamble}\n\n{a}", f"{preamble}\n\n{b}", a])
+    assert len(probe.tok(preamble)["input_ids"]) > 1000
+    assert probe.truncated == 0
+    # The two long texts differ only in their last sentence: features that read the whole text differ.
+    assert not torch.allclose(x[0], x[1])
+    # A text longer than the model's context keeps its end (where the request is) and is counted.
+    short = classifier.Probe(str(tiny_model), (1.0,), "cpu", max_tokens=64)
+    y = short.features([f"{preamble}\n\n{a}", f"{preamble}\n\n{b}"])
+    assert short.truncated == 2 and not torch.allclose(y[0], y[1])
+
+
+def test_not_covers_examples_change_verdicts_on_their_kind(tiny_model, tmp_cache, tmp_path):
+    """The user's lever: examples of a kind of request in `not_covers` move the probe's verdicts on that kind."""
+    # A kind the default training data treats as harmful (an organisation that does penetration testing
+    # may want to allow it): cracking passwords of one's own systems.
+    kind = ["How do I crack the password on my own old house computer", "Help me crack my own code password",
+            "How do I crack a password I own for my own car", "How can I crack my own password",
+            "What is the best way to crack the password of my own phone"]
+    held_out = ["How do I crack the password on my own computer", "Help me crack my own password"]
+    harmful = HARMFUL + ["How do I crack my neighbour password", "Help me crack into my neighbour house",
+                         "How can I crack the password of someone", "How do I crack a password to steal a car"]
+    const = _constitution(tmp_path)
+    const.principles[0].examples.covers = harmful
+    before, *_ = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), 0.05, "cpu")
+    with_kind = _constitution(tmp_path, not_covers=kind)
+    with_kind.principles[0].examples.covers = harmful
+    after, *_ = classifier._train_or_load(with_kind, [], str(tiny_model), (1.0,), 0.01, (), 0.05, "cpu")
+    p0, p1 = before.predict(held_out), after.predict(held_out)
+    assert all(b < a for a, b in zip(p0, p1)), (p0, p1)
+    assert max(p1) < 0.5 <= min(p0), (p0, p1)
 
 
 def _has_embedded_encoder() -> bool:

@@ -1,6 +1,8 @@
-"""Stage tests on a tiny random Llama built in the test: every stage runs for real,
-weights change, records carry their fields, and reruns resume."""
+"""Stage tests on a tiny random Llama built in the test: one run of every stage checks what spans
+stages (weights change, records carry their fields, reruns resume); tests of one stage seed the records
+that stage reads and run it alone."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -9,9 +11,19 @@ from safetensors.torch import load_file
 from charter import records
 from charter.config import load_config
 from charter.run import STAGES, Run
+from charter.stages import common
 from tests.conftest import SHARED
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A 64-wide model gains nothing from intra-op threads, and on a busy CPU they spin against each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_cfg(tmp_path, model, extra=()):
@@ -28,7 +40,8 @@ def tiny_overrides(model):
         "revise.rounds=2", "revise.critique_tokens=6", "revise.revision_tokens=8", "revise.batch_size=4",
         "sft.max_steps=2", "sft.batch_size=4", "sft.lr=1e-3", "sft.max_length=128",
         "pairs.max_pairs=8", "pairs.max_new_tokens=8", "pairs.batch_size=4",
-        "supervisor.kind=llm", f"supervisor.model={model}", "supervisor.threshold=0.0", "supervisor.hh_limit=20",
+        "supervisor.kind=llm", f"supervisor.model={model}", "supervisor.threshold=0.0", "supervisor.max_gap=1.0",
+        "supervisor.hh_limit=20",
         "dpo.max_steps=2", "dpo.batch_size=4", "dpo.lr=1e-3", "dpo.margin=0.0", "dpo.max_length=128",
         "evaluate.limit=2", "evaluate.max_new_tokens=8", *SUITES]
 
@@ -40,6 +53,29 @@ SUITES = (["evaluate.suites=[xstest, advbench]", "evaluate.suite_limit=3", "eval
 
 def weights(folder):
     return load_file(str(folder / "model.safetensors"))
+
+
+def seed(run, rel, rows, stage):
+    """Write records as the stage that owns `rel` would have, so a later stage can run alone."""
+    common.rewrite(run, rel, rows, stage)
+
+
+def seed_generate(run):
+    seed(run, common.GENERATE, [{**p, "response": f"Here is a short answer about {p['category']}.", "model": "base"}
+                                for p in common.train_prompts(run)], "generate")
+
+
+def seed_calibration(run, accuracy=1.0):
+    acc = {"n": 10, "accuracy": accuracy}
+    records.write_json(run.path(common.CALIBRATION), {"supervisor": "seeded", "contrast": {
+        "harmful": acc, "benign": acc, "overall": acc}, "position_bias": 0.0, "ece": 0.0, "pairs_per_s": 1.0})
+
+
+def pair_rows(run):
+    keep = ("id", "prompt", "label", "category", "pool")
+    return [{k: p[k] for k in keep} | {"id": f"{p['id']}#0", "a": "I can't help with that.",
+                                        "b": f"Sure: {p['prompt'][:20]}", "model": "models/sft"}
+            for p in common.train_prompts(run)]
 
 
 def changed(a, b):
@@ -134,7 +170,7 @@ def test_changed_config_is_refused_without_restart(finished_run, tiny_model):
 def test_died_stage_resumes_from_last_record(tiny_model, tmp_path):
     cfg = tiny_cfg(tmp_path, tiny_model)
     run = Run(cfg, tmp_path / "out")
-    run.execute(stages=["supervise", "generate"])
+    run.execute(stages=["generate"])
     path = run.path("data/generate.jsonl")
     full = records.read(path)
     # Simulate a crash mid-stage: half the records and a torn line, stage still "running".
@@ -153,12 +189,16 @@ def test_gate_blocks_labels_unless_forced(tiny_model, tmp_path):
     from charter.errors import CharterError
 
     cfg = tiny_cfg(tmp_path, tiny_model, ["supervisor.threshold=1.01"])
-    stages = ["supervise", "generate", "revise", "sft", "pairs", "label"]
+    run = Run(cfg, tmp_path / "out")
+    with pytest.raises(CharterError, match=r"stage label: .*calibration.json is missing; the supervise stage writes it"):
+        run.execute(stages=["label"])
+    seed_calibration(run, accuracy=0.95)
+    seed(run, common.PAIRS, pair_rows(run), "pairs")
     with pytest.raises(CharterError, match="failed the calibration gate"):
-        Run(cfg, tmp_path / "out").execute(stages=stages)
+        Run(cfg, tmp_path / "out").execute(stages=["label"])
     assert not (tmp_path / "out" / "data" / "labels.jsonl").exists()
     run = Run(cfg, tmp_path / "out", force=True)
-    run.execute(stages=stages)
+    run.execute(stages=["label"])
     assert records.read(run.path("data/labels.jsonl"))
     m = json.loads(run.path("manifest.json").read_text())
     assert m["forced"] is True and "failed the calibration gate" in m["gate_override"]
@@ -178,7 +218,6 @@ def test_family_runs_each_tier_and_writes_one_table(tiny_model, tmp_path):
 
     from charter.family import run_family
 
-    base = tiny_cfg(tmp_path, tiny_model)  # validates the overrides below
     overrides = [o for o in tiny_overrides(tiny_model) if not o.startswith("model=")]
     overrides += ["evaluate.suites=[]", "evaluate.capability=[]", "evaluate.models=[base, dpo]"]
     (tmp_path / "run.yaml").write_text("# charter run run.yaml --out DIR\nseed: 0\n")
@@ -186,8 +225,15 @@ def test_family_runs_each_tier_and_writes_one_table(tiny_model, tmp_path):
         "run": "run.yaml", "overrides": overrides, "suites": ["dev"], "limit": 4,
         "members": [{"name": "a", "model": str(tiny_model)},
                     {"name": "b", "model": str(tiny_model), "overrides": ["sft.max_steps=1"]}]}))
+    expected = {"a": tiny_cfg(tmp_path, tiny_model, overrides[-3:]).hash(),
+                "b": tiny_cfg(tmp_path, tiny_model, [*overrides[-3:], "sft.max_steps=1"]).hash()}
+    for name in ("a", "b"):  # each tier's supervisor counts as calibrated: that stage has its own tests
+        member = Run(tiny_cfg(tmp_path, tiny_model), tmp_path / "out" / name)
+        seed_calibration(member)
+        records.write_json(member.manifest_path, {"stages": {"supervise": {"status": "done"}}})
     res = run_family(tmp_path / "family.yaml", tmp_path / "out")
-    assert base.hash()
+    for name, cfg_hash in expected.items():  # each tier ran its own config: the family's plus its overrides
+        assert json.loads((tmp_path / "out" / name / "manifest.json").read_text())["config_hash"] == cfg_hash
     assert len(res["models"]) == 3  # the shared base once, then each tier's aligned model
     table = (tmp_path / "out" / "compare" / "table.md").read_text().splitlines()
     assert len(table[0].split("|")) == 2 + 3 + 1
@@ -214,8 +260,8 @@ def test_training_runs_under_accelerate_launch_on_one_cpu_process(finished_run, 
     before = weights(work / "models" / "sft")
     r = subprocess.run([accelerate, "launch", "--config_file", str(root / "configs" / "accelerate" / "cpu.yaml"),
                         "-m", "charter.cli", "run", str(cfg_file), "--out", str(work), "--restart", "sft",
-                        "--stages", "sft", *overrides, "sft.lr=5e-3"],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                        "--stages", "sft", *overrides, "sft.lr=5e-3"], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert changed(before, weights(work / "models" / "sft"))
     m = json.loads((work / "manifest.json").read_text())
@@ -227,11 +273,17 @@ def test_base_side_pairs_and_balanced_dpo(tiny_model, tmp_path):
 
     cfg = tiny_cfg(tmp_path, tiny_model, ["pairs.base_side=true", "dpo.balance=true"])
     run = Run(cfg, tmp_path / "out")
-    run.execute(stages=STAGES[:STAGES.index("dpo") + 1])
+    seed_generate(run)
+    shutil.copytree(tiny_model, run.path(common.SFT_MODEL))  # the SFT model: here, the base itself
+    run.execute(stages=["pairs"])
     base = {r["id"]: r["response"] for r in records.read(run.path("data/generate.jsonl"))}
     pairs = records.read(run.path("data/pairs.jsonl"))
     assert pairs and all(p["b"] == base[p["id"].rsplit("#", 1)[0]] for p in pairs)
     assert not (run.path("data/pairs_b.jsonl")).exists()  # no second SFT sample was drawn
+    seed(run, common.LABELS, [p | {"p_a": 0.8 if i % 2 else 0.2, "principles": ["seeded"], "supervisor": "seeded"}
+                              for i, p in enumerate(pairs)], "label")
+    run.execute(stages=["dpo"])
+    assert changed(weights(tiny_model), weights(run.path(common.DPO_MODEL)))
     used = records.read(run.path("data/dpo.jsonl"))
     n = {lab: sum(r["label"] == lab for r in used) for lab in ("harmful", "benign")}
     assert n["harmful"] == n["benign"] > 0

@@ -8,8 +8,6 @@ lm-evaluation-harness (`lm_eval --model hf --model_args pretrained=runs/demo/mod
 """
 from __future__ import annotations
 
-import gzip
-import json
 import random
 import re
 from pathlib import Path
@@ -18,6 +16,7 @@ from .. import records
 from ..backends import GenParams
 from ..errors import CharterError
 from ..prompts import shared_data
+from ..yamlio import read_jsonl
 from .core import wilson
 from .sandbox import run_python
 
@@ -29,12 +28,6 @@ HUB = {"gsm8k": ("openai/gsm8k", "main", "test"), "humaneval": ("openai/openai_h
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def _jsonl(path, gz=False):
-    opener = gzip.open if gz else open
-    with opener(path, "rt") as f:
-        return [json.loads(l) for l in f if l.strip()]
-
-
 def _load(name: str, split: str | None = None):
     """Rows of a capability suite: `$CHARTER_<NAME>` (a JSONL file), the shared copy, or the hub."""
     import os
@@ -44,7 +37,7 @@ def _load(name: str, split: str | None = None):
         "gsm8k": shared_data() / "gsm8k" / f"{split or 'test'}.jsonl",
         "humaneval": shared_data() / "humaneval" / "HumanEval.jsonl.gz"}.get(name, shared_data() / name / "test.jsonl")
     if local.exists():
-        return _jsonl(local, gz=local.suffix == ".gz")
+        return read_jsonl(local)
     hub, config, hub_split = HUB[name]
     try:
         import datasets

@@ -7,12 +7,12 @@ so adding a model or a suite only computes what is new.
 from __future__ import annotations
 
 import csv
-import hashlib
-import html
 import json
 from pathlib import Path
 
 from ..errors import CharterError
+from ..models import model_key
+from ..templates import cell, render
 from .core import evaluate
 from .suites import load_suite
 
@@ -28,25 +28,30 @@ def resolve(spec: str) -> tuple[str, str]:
     return (p.name if p.exists() else spec), spec
 
 
-def model_hash(spec: str) -> str:
-    p = Path(spec)
-    parts = [spec]
-    if p.is_dir():
-        for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("config.json")):
-            st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    elif p.is_file():
-        st = p.stat()
-        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+def _cells(m, by_category=False) -> dict:
+    """metric -> {rate, lo, hi, n} for one model's result on one suite: `core.metrics` or a capability score."""
+    if "score" in m:
+        return {m["metric"]: {"rate": m["score"], "lo": m["ci95"][0], "hi": m["ci95"][1], "n": m["n"]}}
+    out = {f"{lab} refused": {"rate": m["refusal_rate"][lab], "lo": m["ci95"][lab][0], "hi": m["ci95"][lab][1],
+                              "n": m["n"][lab]} for lab in ("harmful", "benign") if m["n"].get(lab)}
+    if by_category:
+        out |= {f"{cat} refused": {"rate": c["refusal_rate"], "lo": c["ci95"][0], "hi": c["ci95"][1], "n": c["n"]}
+                for cat, c in m["by_category"].items()}
+    if (m.get("harmfulness") or {}).get("harmful") is not None:  # a mean score: no interval
+        out["harmfulness (harmful prompts)"] = {"rate": m["harmfulness"]["harmful"], "lo": None, "hi": None,
+                                                "n": m["n"]["harmful"]}
+    return out
 
 
-def _cell(m, label):
-    n = m["n"].get(label)
-    if not n:
-        return None
-    lo, hi = m["ci95"][label]
-    return {"rate": m["refusal_rate"][label], "lo": lo, "hi": hi, "n": n}
+def measure_rows(results: dict, labels, by_category=False) -> list[tuple[str, str, list]]:
+    """(suite, metric, one cell or None per label) from {suite: {label: result}}: the rows of the comparison
+    table and of the report's suite table."""
+    table = {}
+    for suite, by_label in results.items():
+        for label, m in by_label.items():
+            for metric, c in _cells(m, by_category).items():
+                table.setdefault((suite, metric), {})[label] = c
+    return [(s, k, [cells.get(l) for l in labels]) for (s, k), cells in table.items()]
 
 
 def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, device="auto", harm=None,
@@ -59,66 +64,34 @@ def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, d
     from .capability import CAPABILITY_SUITES, evaluate_capability
 
     loaded = {s: (None if s in CAPABILITY_SUITES else load_suite(s, limit)) for s in suites}
-    table = {}  # (suite, metric) -> {label: cell}
+    results = {Path(s).stem: {} for s in suites}  # suite -> model label -> metrics or capability score
     labels = []
     for spec in models:
         label, model = resolve(spec)
         if label in labels:
             label = f"{label}#{len(labels)}"
         labels.append(label)
-        backend = None
+        backend = get_backend(model, device=device)
         for suite, rows in loaded.items():
-            path = out / "cache" / model_hash(model) / f"{Path(suite).stem}.jsonl"
-            if backend is None:
-                backend = get_backend(model, device=device)
-            if rows is None:
-                c = evaluate_capability(backend, suite, path, limit, max(max_new_tokens, 256), batch_size)
-                table.setdefault((suite, c["metric"]), {})[label] = {
-                    "rate": c["score"], "lo": c["ci95"][0], "hi": c["ci95"][1], "n": c["n"]}
-                continue
-            m = evaluate(backend, rows, path, max_new_tokens, batch_size, desc=f"{label} / {suite}", harm=harm)
-            for lab, metric in (("harmful", "harmful refused"), ("benign", "benign refused")):
-                c = _cell(m, lab)
-                if c:
-                    table.setdefault((Path(suite).stem, metric), {})[label] = c
-            if by_category:
-                for cat, c in m["by_category"].items():
-                    table.setdefault((Path(suite).stem, f"{cat} refused"), {})[label] = {
-                        "rate": c["refusal_rate"], "lo": c["ci95"][0], "hi": c["ci95"][1], "n": c["n"]}
-            if m.get("harmfulness", {}).get("harmful") is not None:
-                table.setdefault((Path(suite).stem, "harmfulness (harmful prompts)"), {})[label] = {
-                    "rate": m["harmfulness"]["harmful"], "lo": None, "hi": None, "n": m["n"]["harmful"]}
+            path = out / "cache" / model_key(model) / f"{Path(suite).stem}.jsonl"
+            results[Path(suite).stem][label] = (
+                evaluate_capability(backend, suite, path, limit, max(max_new_tokens, 256), batch_size) if rows is None
+                else evaluate(backend, rows, path, max_new_tokens, batch_size, desc=f"{label} / {suite}", harm=harm))
         del backend
-    write_tables(table, labels, out)
-    return {"models": labels, "rows": [{"suite": s, "metric": k, "cells": v} for (s, k), v in table.items()]}
+    rows = measure_rows(results, labels, by_category)
+    write_tables(rows, labels, out)
+    return {"models": labels, "rows": [{"suite": s, "metric": k, "cells": dict(zip(labels, cs))} for s, k, cs in rows]}
 
 
-def _fmt(c):
-    if c is None:
-        return ""
-    if c["lo"] is None:  # a mean score, not a proportion: no Wilson interval
-        return f"{c['rate']:.3f} n={c['n']}"
-    return f"{c['rate']:.1%} [{c['lo']:.0%}, {c['hi']:.0%}] n={c['n']}"
-
-
-def write_tables(table, labels, out: Path):
+def write_tables(rows, labels, out: Path):
     out.mkdir(parents=True, exist_ok=True)
-    rows = [(f"{s}: {k}", [cells.get(l) for l in labels]) for (s, k), cells in table.items()]
     md = ["| benchmark | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    md += [f"| {name} | " + " | ".join(_fmt(c) for c in cs) + " |" for name, cs in rows]
+    md += [f"| {s}: {k} | " + " | ".join(cell(c) for c in cs) + " |" for s, k, cs in rows]
     (out / "table.md").write_text("\n".join(md) + "\n")
     with open(out / "table.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["benchmark"] + [f"{l} {x}" for l in labels for x in ("rate", "ci_lo", "ci_hi", "n")])
-        for name, cs in rows:
-            w.writerow([name] + [v for c in cs for v in ((c["rate"], c["lo"], c["hi"], c["n"]) if c else ("",) * 4)])
-    head = "".join(f"<th>{html.escape(l)}</th>" for l in labels)
-    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cs)
-                   + "</tr>" for name, cs in rows)
-    (out / "table.html").write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>charter compare</title><style>"
-        "body{font-family:system-ui,sans-serif;margin:2em}td,th{border:1px solid #ddd;padding:4px 8px}"
-        "table{border-collapse:collapse}</style></head><body><h1>charter compare</h1>"
-        "<p>Refusal rates (lower on benign rows is more helpful; higher on harmful rows is safer) and capability "
-        "scores, with 95% Wilson intervals.</p>"
-        f"<table><tr><th>benchmark</th>{head}</tr>{body}</table></body></html>")
+        for s, k, cs in rows:
+            w.writerow([f"{s}: {k}"] + [v for c in cs for v in ((c["rate"], c["lo"], c["hi"], c["n"]) if c else ("",) * 4)])
+    (out / "table.html").write_text(render("compare.html.j2", labels=labels,
+                                           rows=[(f"{s}: {k}", cs) for s, k, cs in rows]))

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 
+from ..errors import CharterError
+from ..registry import Registry
+
 CLASSES = ("full_compliance", "partial_refusal", "full_refusal")
 
 _REFUSE = [
@@ -121,14 +124,23 @@ class LLMRefusalJudge:
         return out
 
 
+JUDGES = Registry("refusal judge", {"lexical": "charter.evals.refusal:_lexical", "llm": "charter.evals.refusal:_llm"},
+                  usage="lexical or llm:MODEL")
+
+
+def _lexical(rest: str, device: str):
+    if rest:
+        raise CharterError(f"refusal judge 'lexical:{rest}': the lexical judge takes no model")
+    return LexicalRefusalJudge()
+
+
+def _llm(model: str, device: str):
+    from ..backends import get_backend
+
+    return LLMRefusalJudge(get_backend(model, device=device))
+
+
 def get_refusal_judge(spec: str = "lexical", device: str = "auto"):
     """`lexical` or `llm:MODEL`."""
-    if spec == "lexical":
-        return LexicalRefusalJudge()
-    if spec.startswith("llm:"):
-        from ..backends import get_backend
-
-        return LLMRefusalJudge(get_backend(spec[4:], device=device))
-    from ..errors import CharterError
-
-    raise CharterError(f"unknown refusal judge {spec!r} (use lexical or llm:MODEL)")
+    make, rest = JUDGES.resolve(spec)
+    return make(rest, device)

@@ -11,33 +11,55 @@ from pathlib import Path
 
 from ..errors import CharterError
 from ..prompts import dev_prompts, read_prompt_file, shared_data
+from ..registry import Registry
 
-# name -> (local file under shared data, hub id, hub split, loader)
-SUITES = {
+# name -> (local file under shared data, hub id, hub split)
+SOURCES = {
     "xstest": ("xstest/xstest_prompts.csv", "walledai/XSTest", "test"),
     "strongreject": ("strongreject/strongreject_dataset.csv", "walledai/StrongREJECT", "train"),
     "harmbench": ("harmbench/harmbench_behaviors_text_test.csv", "walledai/HarmBench", "standard"),
+    # HarmBench's validation behaviours: what the supervisor's threshold is chosen on (never its test split).
+    "harmbench-val": ("harmbench/harmbench_behaviors_text_val.csv", "walledai/HarmBench", "standard"),
     "advbench": ("advbench/harmful_behaviors.csv", "walledai/AdvBench", "train"),
 }
 
 
-def _rows_xstest(rows):
+def _raw(name: str) -> list[dict]:
+    rel, hub, split = SOURCES[name]
+    local = shared_data() / rel
+    if local.exists():
+        with open(local, newline="") as f:
+            return list(csv.DictReader(f))
+    try:
+        import datasets
+
+        return list(datasets.load_dataset(hub, split=split))
+    except Exception as e:
+        raise CharterError(f"suite {name!r}: not found at {local} and the hub dataset {hub!r} could not be "
+                           f"loaded ({type(e).__name__}); set CHARTER_SHARED_DATA or connect") from None
+
+
+def _dev(name):
+    return dev_prompts()
+
+
+def _rows_xstest(name):
     out = []
-    for r in rows:
+    for r in _raw(name):
         label = r.get("label") or ("unsafe" if str(r.get("type", "")).startswith("contrast") else "safe")
         out.append({"id": f"xstest-{r.get('id') or len(out) + 1}", "prompt": r["prompt"],
                     "label": "harmful" if label == "unsafe" else "benign", "category": r.get("type") or "xstest"})
     return out
 
 
-def _rows_strongreject(rows):
+def _rows_strongreject(name):
     return [{"id": f"strongreject-{i}", "prompt": r.get("forbidden_prompt") or r["prompt"], "label": "harmful",
-             "category": r.get("category") or "strongreject"} for i, r in enumerate(rows)]
+             "category": r.get("category") or "strongreject"} for i, r in enumerate(_raw(name))]
 
 
-def _rows_harmbench(rows):
+def _rows_harmbench(name):
     out = []
-    for i, r in enumerate(rows):
+    for i, r in enumerate(_raw(name)):
         # Contextual behaviours need their context string; copyright ones are out of scope for refusal.
         if r.get("FunctionalCategory", "standard") not in ("standard", "contextual"):
             continue
@@ -49,38 +71,30 @@ def _rows_harmbench(rows):
     return out
 
 
-def _rows_advbench(rows):
+def _rows_advbench(name):
     return [{"id": f"advbench-{i}", "prompt": r.get("goal") or r["prompt"], "label": "harmful", "category": "advbench"}
-            for i, r in enumerate(rows)]
+            for i, r in enumerate(_raw(name))]
 
 
-CONVERT = {"xstest": _rows_xstest, "strongreject": _rows_strongreject, "harmbench": _rows_harmbench,
-           "advbench": _rows_advbench}
+TARGETS = {
+    "dev": "charter.evals.suites:_dev",
+    "xstest": "charter.evals.suites:_rows_xstest",
+    "strongreject": "charter.evals.suites:_rows_strongreject",
+    "harmbench": "charter.evals.suites:_rows_harmbench",
+    "harmbench-val": "charter.evals.suites:_rows_harmbench",
+    "advbench": "charter.evals.suites:_rows_advbench",
+}
+SUITES = Registry("suite", TARGETS, usage=", ".join(TARGETS) + ", or a prompt JSONL file")
 
 
 def load_suite(name: str, limit: int | None = None) -> list[dict]:
     """Prompt rows for a builtin suite name, `dev`, or a prompt JSONL file."""
-    if name == "dev":
-        rows = dev_prompts()
-    elif name in SUITES:
-        rel, hub, split = SUITES[name]
-        local = shared_data() / rel
-        if local.exists():
-            with open(local, newline="") as f:
-                raw = list(csv.DictReader(f))
-        else:
-            try:
-                import datasets
-
-                raw = list(datasets.load_dataset(hub, split=split))
-            except Exception as e:
-                raise CharterError(f"suite {name!r}: not found at {local} and the hub dataset {hub!r} could not be "
-                                   f"loaded ({type(e).__name__}); set CHARTER_SHARED_DATA or connect") from None
-        rows = CONVERT[name](raw)
+    if name in TARGETS:
+        rows = SUITES.resolve(name)[0](name)
     elif Path(name).exists():
         rows = read_prompt_file(name)
     else:
-        raise CharterError(f"unknown suite {name!r}: use one of dev, {', '.join(SUITES)}, or a prompt JSONL file")
+        raise CharterError(f"unknown suite {name!r} (use {SUITES.usage})")
     if limit:
         import random
 

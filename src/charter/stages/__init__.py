@@ -1,1 +1,1 @@
-"""Pipeline stages. Each module has `run(run) -> counts` and `OUTPUTS` (paths it owns)."""
+"""Pipeline stages. Each module has `run(run) -> counts`, `INPUTS` (paths it reads) and `OUTPUTS` (paths it owns)."""

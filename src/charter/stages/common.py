@@ -1,4 +1,7 @@
-"""Helpers shared by the record-producing stages."""
+"""Where each stage's files live in a run directory, and helpers shared by the record-producing stages.
+
+Each stage module names its `INPUTS` (checked by `Run` before it runs) and `OUTPUTS` (removed by `--restart`)
+with the constants below."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +10,17 @@ from .. import records
 from ..backends import GenParams, user
 from ..executor import map_chunks
 from ..prompts import load_pool
+
+CALIBRATION, CALIBRATION_TABLE = "supervisor/calibration.json", "supervisor/calibration.md"
+GENERATE = "data/generate.jsonl"
+REVISE = "data/revise.jsonl"
+SFT_DATA, SFT_MODEL = "data/sft.jsonl", "models/sft"
+PAIRS, PAIRS_A, PAIRS_B = "data/pairs.jsonl", "data/pairs_a.jsonl", "data/pairs_b.jsonl"
+LABELS = "data/labels.jsonl"
+DPO_DATA, DPO_MODEL = "data/dpo.jsonl", "models/dpo"
+EVAL = "eval"
+METRICS, REFUSAL_CALIBRATION = "eval/metrics.json", "eval/refusal_calibration.json"
+REPORT = "report.html"
 
 
 def train_prompts(run, pools=("redteam", "helpful", "lookalike")) -> list[dict]:
@@ -45,3 +59,10 @@ def generate_into(run, stage: str, path, rows, role: str, params: GenParams, fie
     """
     map_chunks(run, path, rows, params.batch_size, desc or stage, generate_chunk, role, params, field, stage)
     return records.read(path)
+
+
+def rewrite(run, rel: str, rows, stage: str):
+    """Replace a record file with `rows`, stamped (for files a stage writes whole, not chunk by chunk)."""
+    path = run.path(rel)
+    path.unlink(missing_ok=True)
+    records.append(path, [run.stamp(dict(r), stage) for r in rows])

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from .. import records
 from ..errors import CharterError
-from ..train import load_trainable, lora_config, save_model, timed_train, train_stats, trl_args
-from .common import messages
+from ..train import fit
+from .common import DPO_DATA, DPO_MODEL, LABELS, SFT_MODEL, messages, rewrite
 
-OUTPUTS = ["models/dpo", "data/dpo.jsonl"]
+INPUTS = [LABELS, SFT_MODEL]
+OUTPUTS = [DPO_MODEL, DPO_DATA]
 
 
 def preference_rows(labels, mode: str, margin: float) -> tuple[list[dict], float]:
@@ -43,30 +44,19 @@ def balanced(rows, seed: int) -> list[dict]:
 
 
 def run(run):
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     cfg = run.cfg.dpo
-    rows, smoothing = preference_rows(records.read(run.path("data/labels.jsonl")), cfg.labels, cfg.margin)
+    rows, smoothing = preference_rows(records.read(run.path(LABELS)), cfg.labels, cfg.margin)
     if cfg.balance:
         rows = balanced(rows, run.cfg.seed)
     if not rows:
         raise CharterError("dpo: no usable preference pairs (every label was within the margin of 0.5; "
                            "lower dpo.margin, use dpo.labels=soft, or sample more pairs)")
-    path = run.path("data/dpo.jsonl")
-    path.unlink(missing_ok=True)
-    records.append(path, [run.stamp(dict(r), "dpo") for r in rows])
-    ds = Dataset.from_list([{"prompt": messages(run, r["prompt"]),
-                             "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
-    run.release()
-    model, tok = load_trainable(run.model_spec_resolved("sft"), run.cfg.device)
-    n_params = sum(p.numel() for p in model.parameters())
-    args = trl_args(DPOConfig, cfg, run.path("models", ".dpo-work"), run.cfg.seed, run.cfg.device,
-                    beta=cfg.beta, label_smoothing=smoothing, precompute_ref_log_probs=True)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                         peft_config=lora_config(cfg))
-    secs = timed_train(trainer)
-    save_model(trainer.model, tok, run.path("models", "dpo"))
+    rewrite(run, DPO_DATA, rows, "dpo")
+    ds = [{"prompt": messages(run, r["prompt"]), "chosen": [{"role": "assistant", "content": r["chosen"]}],
+           "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
+    stats = fit(run, DPOTrainer, DPOConfig, cfg, ds, "sft", "dpo", beta=cfg.beta, label_smoothing=smoothing,
+                precompute_ref_log_probs=True)
     return {"pairs_used": len(rows), "pairs_harmful": sum(r["label"] == "harmful" for r in rows),
-            "label_smoothing": round(smoothing, 4), **train_stats(trainer, secs, n_params)}
+            "label_smoothing": round(smoothing, 4), **stats}

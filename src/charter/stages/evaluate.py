@@ -5,7 +5,9 @@ prompts, each classified as full compliance, partial refusal or full refusal.
 The headline numbers are the refusal rate on harmful requests (higher is safer)
 and on benign ones (lower is more helpful). Optionally also: public safety
 suites, capability suites, and the helpfulness win rate over the base model.
-Overlap between training and evaluation prompts is counted and reported.
+Overlap between training and evaluation prompts is counted and reported. The
+stage also measures its refusal judge against XSTest's human labels, and picks
+the before/after examples the report shows, each with the supervisor's verdict.
 """
 from __future__ import annotations
 
@@ -13,24 +15,25 @@ import logging
 
 from .. import records
 from ..backends import GenParams
+from ..errors import CharterError
 from ..evals.capability import evaluate_capability
 from ..evals.core import eval_chunk, summarize
 from ..evals.helpfulness import win_rate
+from ..evals.refusal_calibration import calibrate_refusal
 from ..executor import map_chunks
 from ..evals.suites import load_suite, overlap
 from ..prompts import dev_prompts
-from .common import train_prompts
+from .common import EVAL, METRICS, REFUSAL_CALIBRATION, train_prompts
 
-OUTPUTS = ["eval"]
+INPUTS = []  # and the models `evaluate.models` names, which `Run.model_spec` checks
+OUTPUTS = [EVAL]
 log = logging.getLogger("charter")
 
 
 def _harm(run):
-    # A classifier supervisor also scores how harmful each response reads (a harmfulness score).
-    if not hasattr(run, "_harm_scorer"):
-        scorer = getattr(run.supervisor, "harm_scorer", None)
-        run._harm_scorer = scorer() if scorer else None
-    return run._harm_scorer
+    """A classifier supervisor also scores how harmful each response reads (a harmfulness score)."""
+    scorer = getattr(run.supervisor, "harm_scorer", None)
+    return scorer() if scorer else None
 
 
 def evaluate_chunk(run, chunk, role: str) -> list[dict]:
@@ -45,6 +48,23 @@ def _evaluate(run, role, rows, path, desc):
     return summarize(rows, path, harm=_harm(run))
 
 
+def examples(run, roles, n=8) -> list[dict]:
+    """Up to n dev prompts answered by the base and the last aligned model, those whose refusal class
+    changed first, each with the supervisor's verdict (the aligned response shown to it as `a`)."""
+    if "base" not in roles or len(roles) < 2:
+        return []
+    last = roles[-1]
+    base = {r["id"]: r for r in records.read(run.path(EVAL, "responses_base.jsonl"))}
+    aligned = {r["id"]: r for r in records.read(run.path(EVAL, f"responses_{last}.jsonl"))}
+    ids = sorted((i for i in aligned if i in base), key=lambda i: aligned[i]["refusal"] == base[i]["refusal"])[:n]
+    verdicts = run.supervisor.judge([{"id": i, "prompt": base[i]["prompt"], "a": aligned[i]["response"],
+                                      "b": base[i]["response"]} for i in ids]) if ids else []
+    return [{k: base[i][k] for k in ("id", "prompt", "label", "category")} | {
+        "model": last, "base": {k: base[i][k] for k in ("response", "refusal")},
+        "aligned": {k: aligned[i][k] for k in ("response", "refusal")},
+        "verdict": {"p_a": v["p_a"], "principles": list(v["principles"])}} for i, v in zip(ids, verdicts)]
+
+
 def run(run):
     cfg = run.cfg.evaluate
     prompts = dev_prompts(limit=cfg.limit, seed=run.cfg.seed)
@@ -56,29 +76,35 @@ def run(run):
             log.warning("AdvBench is in the training pool, so it is not used for evaluation")
             continue
         suites[name] = load_suite(name, cfg.suite_limit)
-    out = {"split": cfg.split, "train_eval_overlap": overlap(trained, prompts),
+    out = {"train_eval_overlap": overlap(trained, prompts),
            "suite_overlap": {n: overlap(trained, rows) for n, rows in suites.items()},
            "models": {}, "suites": {n: {} for n in suites}, "capability": {c: {} for c in cfg.capability}}
     for role in cfg.models:
-        out["models"][role] = _evaluate(run, role, prompts, run.path("eval", f"responses_{role}.jsonl"),
+        out["models"][role] = _evaluate(run, role, prompts, run.path(EVAL, f"responses_{role}.jsonl"),
                                         f"evaluate {role}")
         for name, rows in suites.items():
-            out["suites"][name][role] = _evaluate(run, role, rows, run.path("eval", f"{name}_{role}.jsonl"),
+            out["suites"][name][role] = _evaluate(run, role, rows, run.path(EVAL, f"{name}_{role}.jsonl"),
                                                   f"{name} {role}")
         for name in cfg.capability:
             out["capability"][name][role] = evaluate_capability(run.backend(role), name,
-                                                                run.path("eval", f"{name}_{role}.jsonl"),
+                                                                run.path(EVAL, f"{name}_{role}.jsonl"),
                                                                 cfg.capability_limit)
     run.release()
     if cfg.helpfulness and "base" in cfg.models:
-        base = {r["id"]: r for r in records.read(run.path("eval", "responses_base.jsonl"))}
+        base = {r["id"]: r for r in records.read(run.path(EVAL, "responses_base.jsonl"))}
         out["helpfulness"] = {}
         for role in cfg.models:
             if role == "base":
                 continue
-            mine = [r for r in records.read(run.path("eval", f"responses_{role}.jsonl"))
+            mine = [r for r in records.read(run.path(EVAL, f"responses_{role}.jsonl"))
                     if r["label"] == "benign" and r["id"] in base]
             out["helpfulness"][role] = win_rate(run.supervisor, [r["prompt"] for r in mine],
                                                 [r["response"] for r in mine], [base[r["id"]]["response"] for r in mine])
-    records.write_json(run.path("eval", "metrics.json"), out)
+    out["examples"] = examples(run, cfg.models)
+    try:  # the judge behind these refusal rates, against XSTest's human labels
+        refusal = calibrate_refusal()
+    except CharterError as e:
+        refusal = {"skipped": str(e)}
+    records.write_json(run.path(REFUSAL_CALIBRATION), refusal)
+    records.write_json(run.path(METRICS), out)
     return {"prompts": len(prompts), "overlap": out["train_eval_overlap"]}

@@ -7,14 +7,15 @@ model helpful.
 from __future__ import annotations
 
 from ..backends import GenParams
-from .common import generate_into, train_prompts
+from .common import GENERATE, generate_into, train_prompts
 
-OUTPUTS = ["data/generate.jsonl"]
+INPUTS = []
+OUTPUTS = [GENERATE]
 
 
 def run(run):
     cfg = run.cfg.generate
     rows = train_prompts(run)
     params = GenParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, run.cfg.seed, cfg.batch_size)
-    out = generate_into(run, "generate", run.path(OUTPUTS[0]), rows, "base", params)
+    out = generate_into(run, "generate", run.path(GENERATE), rows, "base", params)
     return {"records": len(out)}

@@ -11,24 +11,26 @@ import json
 from .. import records
 from ..errors import CharterError
 from ..executor import map_chunks
+from ..supervise import calibrate
+from .common import CALIBRATION, LABELS, PAIRS
 
-OUTPUTS = ["data/labels.jsonl"]
+INPUTS = [CALIBRATION, PAIRS]
+OUTPUTS = [LABELS]
 CHUNK = 32
 
 
-def gate(run):
-    cal_path = run.path("supervisor/calibration.json")
-    if not cal_path.exists():
-        raise CharterError(f"{cal_path}: missing; the supervise stage must run before labelling")
+def gate(run) -> str | None:
+    """Stop unless the supervisor passed its calibration gate; a forced run goes on and gets the reason."""
+    cal_path = run.path(CALIBRATION)
     cal = json.loads(cal_path.read_text())
-    if not cal.get("passed"):
-        msg = (f"supervisor {cal['supervisor']} failed the calibration gate: {cal['gate_accuracy']:.1%} on the "
-               f"weaker direction of the dev contrast pairs, below the threshold {cal['threshold']:.0%} "
+    verdict = calibrate.gate(cal, run.cfg.supervisor)
+    if not verdict["passed"]:
+        msg = (f"supervisor {cal['supervisor']} failed the calibration gate: {'; '.join(verdict['reasons'])} "
                f"(see {cal_path})")
         if not run.force:
             raise CharterError(msg + "; rerun with --force to label anyway")
-        run.manifest["gate_override"] = msg
-    return cal
+        return msg
+    return None
 
 
 def label_chunk(run, chunk) -> list[dict]:
@@ -38,10 +40,10 @@ def label_chunk(run, chunk) -> list[dict]:
 
 
 def run(run):
-    gate(run)
-    path = run.path(OUTPUTS[0])
-    pairs = records.read(run.path("data/pairs.jsonl"))
+    override = gate(run)
+    path = run.path(LABELS)
+    pairs = records.read(run.path(PAIRS))
     map_chunks(run, path, pairs, CHUNK, "label", label_chunk, unit="pair")
     labels = records.read(path)
     decisive = sum(abs(r["p_a"] - 0.5) >= run.cfg.dpo.margin for r in labels)
-    return {"labels": len(labels), "decisive": decisive}
+    return {"labels": len(labels), "decisive": decisive} | ({"gate_override": override} if override else {})

@@ -10,9 +10,10 @@ import random
 
 from .. import records
 from ..backends import GenParams
-from .common import generate_into, train_prompts
+from .common import GENERATE, PAIRS, PAIRS_A, PAIRS_B, SFT_MODEL, generate_into, rewrite, train_prompts
 
-OUTPUTS = ["data/pairs.jsonl", "data/pairs_a.jsonl", "data/pairs_b.jsonl"]
+INPUTS = [SFT_MODEL, GENERATE]  # the base model's responses: read with pairs.base_side
+OUTPUTS = [PAIRS, PAIRS_A, PAIRS_B]
 
 
 def run(run):
@@ -23,19 +24,16 @@ def run(run):
     rows = [{**p, "id": f"{p['id']}#{k}"} for k in range(cfg.per_prompt) for p in prompts][: cfg.max_pairs]
     sides = {}
     if cfg.base_side:
-        base = {r["id"]: r["response"] for r in records.read(run.path("data/generate.jsonl"))}
+        base = {r["id"]: r["response"] for r in records.read(run.path(GENERATE))}
         sides["b"] = {r["id"]: base[r["id"].rsplit("#", 1)[0]] for r in rows}
     for side, offset in (("a", 0), ("b", 50021)):
         if side in sides:
             continue
         params = GenParams(cfg.max_new_tokens, cfg.temperature, 0.95, run.cfg.seed + offset, cfg.batch_size)
-        got = generate_into(run, "pairs", run.path(f"data/pairs_{side}.jsonl"), rows, "sft", params,
+        got = generate_into(run, "pairs", run.path(PAIRS_A if side == "a" else PAIRS_B), rows, "sft", params,
                             desc=f"pairs ({side})")
         sides[side] = {r["id"]: r["response"] for r in got}
-    out = run.path(OUTPUTS[0])
-    out.unlink(missing_ok=True)
-    records.append(out, [run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
-                                   {"a": sides["a"][r["id"]], "b": sides["b"][r["id"]], "model": "models/sft",
-                                    "model_b": run.cfg.model if cfg.base_side else "models/sft"},
-                                   "pairs") for r in rows])
+    rewrite(run, PAIRS, [{k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
+                         {"a": sides["a"][r["id"]], "b": sides["b"][r["id"]], "model": SFT_MODEL,
+                          "model_b": run.cfg.model if cfg.base_side else SFT_MODEL} for r in rows], "pairs")
     return {"pairs": len(rows)}

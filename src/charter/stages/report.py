@@ -2,16 +2,23 @@
 
 Shows the harmlessness/helpfulness plane for base, SFT and DPO (after the CAI
 paper's Figure 2), refusal rates by category with 95% intervals, the supervisor
-calibration table, before/after example cards and the constitution.
+and refusal-judge calibrations, before/after example cards and the constitution.
+It renders what the earlier stages measured (templates/report.html.j2) and
+computes nothing itself.
 """
 from __future__ import annotations
 
 import html
 import json
+import os
 
-from .. import records
+from ..evals.compare import measure_rows
+from ..evals.refusal import CLASSES
+from ..templates import render
+from .common import CALIBRATION, METRICS, REFUSAL_CALIBRATION, REPORT
 
-OUTPUTS = ["report.html"]
+INPUTS = [METRICS]
+OUTPUTS = [REPORT]
 COLORS = {"base": "#888888", "sft": "#3b7dd8", "dpo": "#d8573b"}
 
 
@@ -82,167 +89,20 @@ def bars_svg(models: dict) -> str:
     return "".join(parts)
 
 
-def _cards(run, roles) -> str:
-    if "base" not in roles or len(roles) < 2:
-        return "<p>No before/after pairs.</p>"
-    last = roles[-1]
-    base = {r["id"]: r for r in records.read(run.path("eval", "responses_base.jsonl"))}
-    aligned = {r["id"]: r for r in records.read(run.path("eval", f"responses_{last}.jsonl"))}
-    changed = [i for i in aligned if i in base and aligned[i]["refusal"] != base[i]["refusal"]]
-    same = [i for i in aligned if i in base and i not in changed]
-    picked = (changed + same)[:8]
-    verdicts = {}
-    sup = getattr(run, "supervisor", None)
-    if sup is not None and picked:  # the supervisor's verdict on each card, aligned shown as "a"
-        vs = sup.judge([{"id": i, "prompt": base[i]["prompt"], "a": aligned[i]["response"], "b": base[i]["response"]}
-                        for i in picked])
-        verdicts = {i: v for i, v in zip(picked, vs)}
-    out = []
-    for i in picked:
-        b, a = base[i], aligned[i]
-        v = verdicts.get(i)
-        verdict = (f'<div class="muted">supervisor: P({html.escape(last)} better) = {v["p_a"]:.2f} under '
-                   f'{html.escape(", ".join(v["principles"]))}</div>' if v else "")
-        out.append(f'<div class="card"><div class="p"><b>{html.escape(b["label"])} / {html.escape(b["category"])}'
-                   f'</b>: {html.escape(b["prompt"])}</div><div class="cols"><div><h4>base: {b["refusal"]}</h4>'
-                   f'<pre>{html.escape(b["response"])}</pre></div><div><h4>{html.escape(last)}: {a["refusal"]}</h4>'
-                   f'<pre>{html.escape(a["response"])}</pre></div></div>{verdict}</div>')
-    return "".join(out)
-
-
-def _metrics_table(models, helpfulness=None) -> str:
-    helpfulness = helpfulness or {}
-    rows = ["<tr><th>model</th><th>harmful refused (n)</th><th>benign refused (n)</th>"
-            "<th>benign partial refusals</th><th>harmfulness on harmful prompts</th>"
-            "<th>helpfulness win rate over base (length-controlled)</th></tr>"]
-    for role, m in models.items():
-        def cell(label):
-            r = m["refusal_rate"].get(label)
-            if r is None:
-                return "n/a"
-            lo, hi = m["ci95"][label]
-            return f"{r:.1%} [{lo:.0%}, {hi:.0%}] ({m['n'][label]})"
-        partial = m["partial_refusal_rate"].get("benign")
-        h = helpfulness.get(role)
-        win = (f"{h['win_rate']:.1%} ({h['length_controlled']:.1%}), n={h['n']}" if h and h.get("win_rate") is not None
-               else "n/a")
-        hm = (m.get("harmfulness") or {}).get("harmful")
-        rows.append(f"<tr><td>{html.escape(role)}</td><td>{cell('harmful')}</td><td>{cell('benign')}</td>"
-                    f"<td>{'n/a' if partial is None else f'{partial:.1%}'}</td>"
-                    f"<td>{'n/a' if hm is None else f'{hm:.3f}'}</td><td>{html.escape(win)}</td></tr>")
-    return "<table>" + "".join(rows) + "</table>"
-
-
-def _extra_tables(metrics) -> str:
-    """Public suites and capability scores, rows = measures, columns = models."""
-    rows = []
-    for suite, by_role in metrics.get("suites", {}).items():
-        for label in ("harmful", "benign"):
-            cells = {r: m for r, m in by_role.items() if m["n"].get(label)}
-            if cells:
-                rows.append((f"{suite}: {label} refused", {r: (m["refusal_rate"][label], m["ci95"][label],
-                                                              m["n"][label]) for r, m in cells.items()}))
-        harmful = {r: m for r, m in by_role.items() if (m.get("harmfulness") or {}).get("harmful") is not None}
-        if harmful:
-            rows.append((f"{suite}: harmfulness", {r: (m["harmfulness"]["harmful"], None, m["n"]["harmful"])
-                                                   for r, m in harmful.items()}))
-    for suite, by_role in metrics.get("capability", {}).items():
-        if by_role:
-            rows.append((f"{suite}: {next(iter(by_role.values()))['metric']}",
-                         {r: (c["score"], c["ci95"], c["n"]) for r, c in by_role.items()}))
-    if not rows:
-        return ""
-    roles = list(metrics["models"])
-    head = "".join(f"<th>{html.escape(r)}</th>" for r in roles)
-    def fmt(v):
-        if v is None:
-            return "<td></td>"
-        if v[1] is None:  # a mean score, not a proportion
-            return f"<td>{v[0]:.3f} n={v[2]}</td>"
-        return f"<td>{v[0]:.1%} [{v[1][0]:.0%}, {v[1][1]:.0%}] n={v[2]}</td>"
-
-    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(fmt(cells.get(r)) for r in roles) + "</tr>"
-                   for name, cells in rows)
-    overlap = metrics.get("suite_overlap", {})
-    note = ("<p class='muted'>Prompts shared with training: " + ", ".join(f"{k} {v}" for k, v in overlap.items())
-            + "</p>") if overlap else ""
-    return f"<h3>Public suites and capability</h3><table><tr><th>measure</th>{head}</tr>{body}</table>{note}"
-
-
-def _md_table(md: str) -> str:
-    lines = [l for l in md.strip().splitlines() if l.startswith("|") and not set(l) <= set("|-: ")]
-    out = []
-    for i, l in enumerate(lines):
-        cells = [html.escape(c.strip()) for c in l.strip("|").split("|")]
-        tag = "th" if i == 0 else "td"
-        out.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-    return "<table>" + "".join(out) + "</table>"
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ddd;padding:4px 8px;font-size:14px;text-align:left}
-.card{border:1px solid #ddd;border-radius:6px;padding:8px;margin:8px 0}.cols{display:flex;gap:12px}
-.cols>div{flex:1;min-width:0}pre{white-space:pre-wrap;font-size:12px;background:#f6f6f6;padding:6px;margin:0}
-h4{margin:4px 0}.principle{margin:6px 0}.muted{color:#777;font-size:13px}"""
-
-
-def _refusal_section(path) -> str:
-    if not path.exists():
-        return "<p>not measured (the XSTest human labels were not found)</p>"
-    text = path.read_text()
-    intro = "".join(f"<p>{html.escape(l)}</p>" for l in text.splitlines() if l and not l.startswith("|"))
-    return intro + _md_table(text)
-
-
-def render(run) -> str:
-    metrics = json.loads(run.path("eval", "metrics.json").read_text())
-    models = metrics["models"]
-    cal_md = run.path("supervisor", "calibration.md")
-    refusal_md = run.path("eval", "refusal_calibration.md")
-    c = run.constitution
-    principles = "".join(f'<div class="principle"><b>{html.escape(p.id)}</b> ({p.kind}): {html.escape(p.text)}</div>'
-                         for p in c.principles)
-    stages = run.manifest.get("stages", {})
-    skip = {"status", "started", "seconds", "peak_rss_mib"}
-    timing = "".join(f"<tr><td>{s}</td><td>{v.get('status')}</td><td>{v.get('seconds', '')}</td>"
-                     f"<td>{v.get('peak_rss_mib', '')}</td><td>"
-                     + html.escape(", ".join(f"{k}={x}" for k, x in v.items() if k not in skip)) + "</td></tr>"
-                     for s, v in stages.items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>charter report</title>
-<style>{CSS}</style></head><body>
-<h1>charter report</h1>
-<p class="muted">model {html.escape(run.cfg.model)} · constitution {html.escape(c.name)} v{html.escape(c.version)}
-({c.hash}) · config {run.cfg.hash()} · evaluated on the {html.escape(metrics['split'])} split
-({metrics['train_eval_overlap']} prompts overlap training)</p>
-<h2>Safety and helpfulness</h2>{_metrics_table(models, metrics.get("helpfulness"))}
-{_extra_tables(metrics)}
-<h3>Harmlessness against helpfulness</h3>{pareto_svg(models)}
-<h3>Refusal rate by category (95% intervals)</h3>{bars_svg(models)}
-<h2>Supervisor calibration</h2>{_md_table(cal_md.read_text()) if cal_md.exists() else '<p>not run</p>'}
-<h2>Refusal judge calibration</h2>{_refusal_section(refusal_md)}
-<h2>Before and after</h2>{_cards(run, list(models))}
-<h2>Constitution: {html.escape(c.name)}</h2>{principles}
-<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>peak RSS MiB</th><th>counts</th></tr>
-{timing}</table>
-</body></html>"""
+def _json(path):
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def run(run):
-    import os
-
-    from ..errors import CharterError
-
-    refusal_md = run.path("eval", "refusal_calibration.md")
-    if not refusal_md.exists():
-        try:  # the judge used in this report, measured against XSTest's human labels
-            from ..evals.refusal_calibration import calibrate_refusal, refusal_table
-
-            refusal_md.parent.mkdir(parents=True, exist_ok=True)
-            refusal_md.write_text(refusal_table(calibrate_refusal()) + "\n")
-        except CharterError:
-            pass
-    path = run.path(OUTPUTS[0])
+    metrics = json.loads(run.path(METRICS).read_text())
+    models = metrics["models"]
+    suites = {**metrics.get("suites", {}), **metrics.get("capability", {})}
+    page = render("report.html.j2", run=run, metrics=metrics, models=models, classes=CLASSES,
+                  suite_rows=[(f"{s}: {k}", cs) for s, k, cs in measure_rows(suites, list(models))],
+                  pareto=pareto_svg(models), bars=bars_svg(models),
+                  cal=_json(run.path(CALIBRATION)), refusal=_json(run.path(REFUSAL_CALIBRATION)))
+    path = run.path(REPORT)
     tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(render(run))
+    tmp.write_text(page)
     os.replace(tmp, path)
     return {"bytes": path.stat().st_size}

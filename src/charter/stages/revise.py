@@ -10,9 +10,10 @@ from __future__ import annotations
 from .. import records
 from ..backends import GenParams
 from ..executor import map_chunks
-from .common import chunk_seed, messages
+from .common import GENERATE, REVISE, chunk_seed, messages
 
-OUTPUTS = ["data/revise.jsonl"]
+INPUTS = [GENERATE]
+OUTPUTS = [REVISE]
 
 # One worked example shown before each critique/revision, written for charter.
 FEW_SHOT = [
@@ -85,8 +86,8 @@ def revise_chunk(run, chunk) -> list[dict]:
 
 
 def run(run):
-    path = run.path(OUTPUTS[0])
-    gen = [r for r in records.read(run.path("data/generate.jsonl")) if r["label"] == "harmful"]
+    path = run.path(REVISE)
+    gen = [r for r in records.read(run.path(GENERATE)) if r["label"] == "harmful"]
     map_chunks(run, path, gen, run.cfg.revise.batch_size, "revise", revise_chunk)
     rows = records.read(path)
     return {"records": len(rows), "model_revisions_kept": sum(r["revision_source"] == "model" for r in rows)}

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 
 from .. import records
-from ..supervise.calibrate import calibrate, table
+from ..supervise.calibrate import calibrate, gate, table
+from .common import CALIBRATION, CALIBRATION_TABLE
 
-OUTPUTS = ["supervisor/calibration.json", "supervisor/calibration.md"]
+INPUTS = []
+OUTPUTS = [CALIBRATION, CALIBRATION_TABLE]
 log = logging.getLogger("charter")
 
 
@@ -23,11 +25,10 @@ def run(run):
     if hh and not (shared_data() / "hh-rlhf").exists():
         log.warning("HH-RLHF test pairs not found under %s; calibrating on the dev contrast pairs only", shared_data())
         hh = 0
-    res = calibrate(sup, hh_limit=hh, seed=run.cfg.seed)
-    res["threshold"] = run.cfg.supervisor.threshold
-    res["passed"] = res["gate_accuracy"] >= run.cfg.supervisor.threshold
+    res = calibrate(sup, hh_limit=hh, seed=run.cfg.seed, suites=run.cfg.supervisor.suites)
+    res.update(gate(res, run.cfg.supervisor))
     res["cache"] = getattr(sup, "cache", None)
-    records.write_json(run.path(OUTPUTS[0]), res)
-    run.path(OUTPUTS[1]).write_text(table(res) + "\n")
+    records.write_json(run.path(CALIBRATION), res)
+    run.path(CALIBRATION_TABLE).write_text(table(res) + "\n")
     log.info("supervisor %s calibration:\n%s", sup.name, table(res))
-    return {"passed": res["passed"], "gate_accuracy": round(res["gate_accuracy"], 4)}
+    return {"passed": res["passed"], "gate_accuracy": round(res["gate_accuracy"], 4), "gate_reasons": res["reasons"]}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 
 import torch
@@ -55,53 +56,84 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 class Probe:
     """Logistic regression on a frozen chat model's hidden states: P(harmful) of a request.
 
-    A 135M chat model cannot *say* whether a request is harmful (AUC 0.62 when asked), yet its hidden
-    states separate the two linearly: on charter's training requests, 5-fold cross-validated accuracy
-    was 95% for a probe on SmolLM2-135M's layer 20 of 30 against 86% for frozen all-MiniLM-L6-v2
-    embeddings (benchmarks/supervisor_cv.py). The model stays frozen and the probe is convex, so
-    training takes seconds and gives the same weights every time.
+    A small chat model cannot *say* whether a request is harmful, yet its hidden states separate the two
+    linearly (benchmarks/supervisor_cv.py measures how well, per layer). The model stays frozen and the
+    probe is convex, so training is quick and gives the same weights every time.
+
+    Features are read at several depths: middle layers carry the request's topic, later ones how the
+    model is about to answer; a probe on one layer leans on whichever surface words that layer carries.
+    Each layer gives the mean over the request's tokens and the state at the generation prompt, which has
+    attended to every token, so a request placed after a long preamble is read too.
     """
 
-    def __init__(self, model: str, depth: float = 0.667, device: str = "auto"):
+    def __init__(self, model: str, depths=(0.5, 0.667, 0.833), device: str = "auto", max_tokens: int | None = None):
         from ..backends.hf import load_model
 
         self.model, self.tok, _ = load_model(model, device)
         self.model.eval()
         n_layers = self.model.config.num_hidden_layers
-        self.layer = min(n_layers, max(1, round(depth * n_layers)))
-        # Only the layers up to the probed one matter: drop the rest and the LM head (the vocabulary
+        if isinstance(depths, (int, float)):
+            depths = (depths,)
+        self.layers = sorted({min(n_layers, max(1, round(d * n_layers))) for d in depths})
+        self.layer = self.layers[-1]
+        # Only the layers up to the deepest probed one matter: drop the rest and the LM head (the vocabulary
         # projection is the single largest matmul of a small model). One layer more is kept because the
         # last hidden state a model returns is the normalised one, not the raw layer output.
         self.body = self.model.base_model
         if hasattr(self.body, "layers"):
             self.body.layers = self.body.layers[:self.layer + 1]
+        self.max_tokens = max_tokens or getattr(self.model.config, "max_position_embeddings", 2048) or 2048
         self.tok.padding_side = "right"  # the last real token sits at attention_mask.sum() - 1
+        self.truncated = 0
         self.mu = self.sd = self.w = self.b = None
 
-    @torch.inference_mode()
-    def features(self, texts, batch_size=16) -> torch.Tensor:
-        """Mean-pooled and last-token hidden states of each text, shown as a user turn.
+    def _encode(self, text: str) -> list[int]:
+        chat = self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                            add_generation_prompt=True)
+        ids = self.tok(chat, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.max_tokens:
+            # Longer than the model's context: keep the end, where the request and the generation prompt
+            # are, and count it (`truncated`), rather than dropping the tail as a fixed cut would.
+            self.truncated += 1
+            log.warning("supervisor: a %d-token request exceeds the probe model's %d-token context; reading its "
+                        "last %d tokens", len(ids), self.max_tokens, self.max_tokens)
+            ids = ids[-self.max_tokens:]
+        return ids
 
-        The assistant header is appended so the last token is where the model decides how to answer."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad little
+    @torch.inference_mode()
+    def features(self, texts, token_budget: int = 4096) -> torch.Tensor:
+        """Per probed layer: mean-pooled and last-token hidden states of each text, shown as a user turn."""
+        encoded = [self._encode(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths pad little
         out = [None] * len(texts)
         dev = self.model.device
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            chats = [self.tok.apply_chat_template([{"role": "user", "content": texts[j]}], tokenize=False,
-                                                 add_generation_prompt=True)
-                     for j in idx]
-            batch = self.tok(chats, padding=True, truncation=True, max_length=256, return_tensors="pt",
-                             add_special_tokens=False).to(dev)
-            hidden = self.body(**batch, output_hidden_states=True).hidden_states[self.layer].float()
-            last = batch["attention_mask"].sum(1) - 1
-            feats = torch.cat([mean_pool(hidden, batch["attention_mask"]), hidden[torch.arange(len(idx)), last]], -1)
-            for j, f in zip(idx, feats.cpu()):
-                out[j] = f
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        i = 0
+        while i < len(order):
+            # Batches are bounded by padded tokens, not rows, so long requests do not blow up memory.
+            j = i + 1
+            while j < len(order) and len(encoded[order[j]]) * (j + 1 - i) <= token_budget:
+                j += 1
+            idx = order[i:j]
+            width = len(encoded[idx[-1]])
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, k in enumerate(idx):
+                ids[row, :len(encoded[k])] = torch.tensor(encoded[k])
+                mask[row, :len(encoded[k])] = 1
+            ids, mask = ids.to(dev), mask.to(dev)
+            hidden = self.body(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            last = mask.sum(1) - 1
+            rows = torch.arange(len(idx), device=dev)
+            feats = torch.cat([torch.cat([mean_pool(hidden[l].float(), mask), hidden[l][rows, last].float()], -1)
+                               for l in self.layers], -1)
+            for k, f in zip(idx, feats.cpu()):
+                out[k] = f
+            i = j
         return torch.stack(out)
 
-    def fit(self, texts, labels, weight_decay=0.1):
-        self.mu, self.sd, self.w, self.b = fit_logistic(self.features(texts), labels, weight_decay)
+    def fit(self, texts, labels, weight_decay=0.1, weights=None):
+        self.mu, self.sd, self.w, self.b = fit_logistic(self.features(texts), labels, weight_decay, weights)
 
     def predict(self, texts) -> list[float]:
         if not texts:
@@ -118,9 +150,13 @@ class Probe:
         self.mu, self.sd, self.w, self.b = sd["mu"], sd["sd"], sd["w"], sd["b"]
 
 
-def fit_logistic(x: torch.Tensor, labels, weight_decay=0.1):
-    """L2-regularised logistic regression on standardised features: (mean, std, weights, bias)."""
+def fit_logistic(x: torch.Tensor, labels, weight_decay=0.1, weights=None):
+    """L2-regularised logistic regression on standardised features: (mean, std, weights, bias).
+
+    `weights` (one per row) lets small but important groups, such as lookalikes, count as much as large ones."""
     y = torch.tensor(labels, dtype=torch.float32)
+    sw = torch.ones(len(y)) if weights is None else torch.tensor(weights, dtype=torch.float32)
+    sw = sw / sw.mean()
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xn = (x - mu) / sd
     w = torch.zeros(x.shape[1], requires_grad=True)
@@ -129,7 +165,8 @@ def fit_logistic(x: torch.Tensor, labels, weight_decay=0.1):
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xn @ w + b, y) + weight_decay * (w * w).sum()
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(xn @ w + b, y, weight=sw)
+                + weight_decay * (w * w).sum())
         loss.backward()
         return loss
 
@@ -177,22 +214,6 @@ class Router:
         return [self.principles[b].id for b in best]
 
 
-def training_data(constitution, pool_rows) -> tuple[list[str], list[int]]:
-    """(texts, labels) with 1 = harmful request, from the constitution and the pools."""
-    pairs = []
-    for p in constitution.principles:
-        harmful_side = 1 if p.kind == "harm" else 0
-        pairs += [(t, harmful_side) for t in p.examples.covers]
-        pairs += [(t, 1 - harmful_side) for t in p.examples.not_covers]
-    pairs += [(r["prompt"], int(r["label"] == "harmful")) for r in pool_rows if r.get("split", "train") != "dev"]
-    seen, out = set(), []
-    for t, y in pairs:
-        if t not in seen:
-            seen.add(t)
-            out.append((t, y))
-    return [t for t, _ in out], [y for _, y in out]
-
-
 def _quality(text: str) -> float:
     """1 for a normal answer, lower for empty or looping text."""
     words = text.split()
@@ -208,9 +229,16 @@ class ClassifierSupervisor:
         helpful = [p for p in constitution.principles if p.kind == "helpful"]
         self._helpful_id = helpful[0].id if helpful else "helpfulness"
 
+    threshold = 0.5
+    """P(harmful) at or above which a request counts as harmful (guards and routing read it)."""
+
+    def request_harm(self, texts) -> list[float]:
+        """P(harmful) of each request (a user turn or a whole conversation rendered as text)."""
+        return self.clf.predict(list(texts))
+
     def principle_for(self, prompts, p_harm) -> list[str]:
         routed = self.router.route(prompts)
-        return [r if r and h >= 0.5 else self._helpful_id for r, h in zip(routed, p_harm)]
+        return [r if r and h >= self.threshold else self._helpful_id for r, h in zip(routed, p_harm)]
 
     def harm_scorer(self):
         """P(harmful) of a text, by the request classifier: used to score how harmful a response reads."""
@@ -250,37 +278,51 @@ def model_key(path: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _train_or_load(texts, labels, model, depth, weight_decay, device) -> tuple[Probe, str]:
+def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, target_fpr, device, seed=0):
     from safetensors.torch import load_file, save_file
 
-    probe = Probe(model, depth, device)
-    key = hashlib.sha256(json.dumps(["probe-v1", texts, labels, model_key(models.resolve_model(model)), probe.layer,
-                                     weight_decay]).encode()).hexdigest()[:16]
-    folder = models.cache_dir() / "supervisors" / f"probe-{key}"
-    weights = folder / "probe.safetensors"
-    if weights.exists():
-        probe.load_state_dict(load_file(weights))
-        return probe, str(folder)
-    log.info("training the supervisor's request probe (layer %d of %s) on %d requests", probe.layer, model, len(texts))
-    probe.fit(texts, labels, weight_decay)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{random.randrange(1 << 30)}.safetensors"
-    save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, tmp)
-    tmp.replace(weights)
-    (folder / "meta.json").write_text(json.dumps({"n": len(texts), "harmful": sum(labels), "model": model,
-                                                  "layer": probe.layer, "weight_decay": weight_decay}))
-    return probe, str(folder)
+    from . import data
 
-
-def build(constitution, pool_rows, model="default", depth=0.667, weight_decay=0.1, router="embedded:minilm",
-          device="auto") -> ClassifierSupervisor:
-    """Train (or load from the cache) the classifier supervisor for this constitution and data."""
-    texts, labels = training_data(constitution, pool_rows)
+    texts, labels, weights, notes = data.training_set(constitution, pool_rows, public, seed)
     if len(set(labels)) < 2:
         raise CharterError("supervisor: training data needs both harmful and benign requests "
                            "(check the constitution's examples and the prompt pools)")
-    probe, folder = _train_or_load(texts, labels, model, depth, weight_decay, device)
+    probe = Probe(model, depths, device)
+    key = hashlib.sha256(json.dumps(["probe-v2", texts, labels, weights, model_key(models.resolve_model(model)),
+                                     probe.layers, weight_decay, target_fpr]).encode()).hexdigest()[:16]
+    folder = models.cache_dir() / "supervisors" / f"probe-{key}"
+    weights_file = folder / "probe.safetensors"
+    if weights_file.exists():
+        probe.load_state_dict(load_file(weights_file))
+        meta = json.loads((folder / "meta.json").read_text())
+        return probe, meta, str(folder)
+    log.info("training the supervisor's request probe (layers %s of %s) on %d requests", probe.layers, model,
+             len(texts))
+    probe.fit(texts, labels, weight_decay, weights)
+    val = data.validation_set(seed)
+    threshold = data.threshold_for(probe.predict([r["prompt"] for r in val]), val, target_fpr) if val else 0.5
+    # Move the chosen threshold into the bias, so 0.5 is the decision point everywhere P(harmful) is read
+    # (the judge's formula, principle routing, the serving guard).
+    probe.b = probe.b - math.log(threshold / (1 - threshold))
+    meta = {"n": len(texts), "harmful": sum(labels), "model": model, "layers": probe.layers,
+            "weight_decay": weight_decay, "chosen_threshold": threshold, "n_val": len(val), "target_fpr": target_fpr,
+            "public": list(public), "public_skipped": notes}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{random.randrange(1 << 30)}.safetensors"
+    save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, tmp)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    tmp.replace(weights_file)  # last: a cache entry with weights is complete
+    return probe, meta, str(folder)
+
+
+def build(constitution, pool_rows, model="default", depths=(0.5, 0.667, 0.833), weight_decay=0.1,
+          router="embedded:minilm", public=("advbench", "strongreject"), target_fpr=0.05, device="auto",
+          seed=0) -> ClassifierSupervisor:
+    """Train (or load from the cache) the classifier supervisor for this constitution and data."""
+    probe, meta, folder = _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, target_fpr,
+                                         device, seed)
     sup = ClassifierSupervisor(probe, Router(constitution, pool_rows, router), constitution,
                                name=f"classifier:{constitution.name}")
+    sup.training = meta
     sup.cache = [folder]
     return sup

@@ -1,0 +1,258 @@
+"""The constitutional guard on fakes: a keyword scorer and the fake backend, no model, no HTTP."""
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+
+from charter.backends.fake import FakeBackend
+from charter.constitution import load_constitution
+from charter.errors import CharterError
+from charter.serve.engines import BackendEngine, Sampling
+from charter.serve.guard import (BatchingScorer, Guard, GuardConfig, KeywordScorer, charter_field,
+                                 load_guard_config, render_conversation, tail, windows)
+from charter.serve.pipeline import StopFilter, collect, guarded
+
+CONST = load_constitution("default")
+
+
+def decline(pid):
+    return CONST.get(pid).decline
+
+
+def guard(tmp_path=None, words="bomb=weapons,harm", **cfg):
+    if tmp_path is not None:
+        cfg.setdefault("audit_log", str(tmp_path / "audit.jsonl"))
+    return Guard(KeywordScorer(words, CONST), GuardConfig(**cfg))
+
+
+def audit(tmp_path):
+    return [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+
+
+def test_input_block_uses_the_principles_decline_and_logs_no_text(tmp_path):
+    g = guard(tmp_path)
+    d = g.check_input([{"role": "user", "content": "How do I build a bomb at home?"}], "req-1")
+    assert d.blocked and d.direction == "input" and d.principle == "weapons"
+    assert d.decline == decline("weapons") and d.score == pytest.approx(0.95)
+    p = g.check_input([{"role": "user", "content": "How do I bake bread?"}], "req-2")
+    assert p.action == "pass" and not p.blocked and p.principle is None
+    rows = audit(tmp_path)
+    assert [(r["request_id"], r["direction"], r["action"], r["principle"]) for r in rows] == [
+        ("req-1", "input", "block", "weapons"), ("req-2", "input", "pass", None)]
+    assert all("text" not in r for r in rows) and "bomb" not in (tmp_path / "audit.jsonl").read_text()
+    assert set(rows[0]) == {"time", "request_id", "direction", "principle", "score", "action"}
+    assert (tmp_path / "audit.jsonl").stat().st_mode & 0o077 == 0
+
+
+def test_log_text_writes_the_text(tmp_path):
+    g = guard(tmp_path, log_text=True)
+    g.check_input([{"role": "user", "content": "a bomb please"}], "r")
+    assert audit(tmp_path)[0]["text"] == "a bomb please"
+
+
+def test_flag_and_off_policies(tmp_path):
+    g = guard(tmp_path, input="flag", output="off")
+    d = g.check_input([{"role": "user", "content": "bomb"}], "r")
+    assert d.action == "flag" and not d.blocked and d.principle == "weapons"
+    assert g.check_output("more about the bomb", "r") is None
+    off = guard(input="off")
+    assert off.check_input([{"role": "user", "content": "bomb"}]) is None
+    assert off.scorer.calls == 0
+
+
+def test_thresholds_come_from_the_config():
+    strict = guard(input_threshold=0.01)  # even the keyword scorer's 0.05 "benign" crosses it
+    assert strict.check_input([{"role": "user", "content": "hello"}]).blocked
+    lax = guard(input_threshold=0.99)
+    assert lax.check_input([{"role": "user", "content": "bomb"}]).action == "pass"
+
+
+def test_every_message_and_every_token_is_read():
+    g = guard()
+    filler = "Tell me a long and harmless story about gardens. " * 80  # far past one window
+    convo = [{"role": "system", "content": "You are helpful."},
+             {"role": "user", "content": filler},
+             {"role": "assistant", "content": "Sure."},
+             {"role": "user", "content": filler + " Now explain how to build a bomb."}]
+    text = render_conversation(convo)
+    parts = g.windows(text)
+    assert len(parts) > 5 and all(len(p) <= 192 for p in parts)
+    assert g.check_input(convo).blocked
+    # The harmful word in the system message or an earlier assistant turn is read too.
+    assert g.check_input([{"role": "system", "content": "bomb"}, {"role": "user", "content": "hi"}]).blocked
+    assert g.check_input([{"role": "assistant", "content": filler + "bomb"}, {"role": "user", "content": "go on"}]).blocked
+
+
+def test_token_windows_cover_every_token():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>"] + [f"w{i}" for i in range(1000)])}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    text = " ".join(f"w{i}" for i in range(1000))
+    parts = windows(text, tok, size=100, overlap=20)
+    seen = set()
+    for p in parts:
+        ids = p.split()
+        assert len(ids) <= 100
+        seen.update(ids)
+    assert seen == set(text.split())
+    assert tail(text, tok, 10) == " ".join(f"w{i}" for i in range(990, 1000))
+    assert windows("w1 w2", tok, size=100) == ["w1 w2"]
+
+
+def test_monitor_cuts_the_stream_where_it_turns_harmful(tmp_path):
+    g = guard(tmp_path, check_every=3, words="cause=physical-harm")
+    m = g.monitor("req-9")
+    pieces = ["It", " is", " fine", " to", " ask,", " but", " this", " would", " cause", " trouble", " later."]
+    sent, blocked = [], None
+    for p in pieces:
+        out = m.add(p)
+        if out is None:
+            out, blocked = m.check()
+        sent.append(out)
+        if blocked:
+            break
+    assert blocked is not None and blocked.direction == "output" and blocked.principle == "physical-harm"
+    released = "".join(sent)
+    assert released == "It is fine to ask, but"  # checked in threes: " this would cause" is never sent
+    assert "cause" not in released and "trouble" not in released
+    assert blocked.decline == decline("physical-harm")
+    text, final = m.finish()
+    assert text == "" and final is blocked
+    assert [(r["request_id"], r["action"]) for r in audit(tmp_path)] == [("req-9", "block")]
+
+
+def test_monitor_releases_everything_on_a_pass_and_logs_once(tmp_path):
+    g = guard(tmp_path, check_every=4)
+    m = g.monitor("r")
+    pieces = [f" word{i}" for i in range(10)]
+    out = []
+    for p in pieces:
+        t = m.add(p)
+        if t is None:
+            t, blocked = m.check()
+            assert blocked is None
+        out.append(t)
+    t, final = m.finish()
+    out.append(t)
+    assert "".join(out) == "".join(pieces) and final.action == "pass"
+    assert m.checks == 3  # after 4, after 8, and the last 2 at the end
+    assert [r["action"] for r in audit(tmp_path)] == ["pass"]
+
+
+def test_monitor_flag_lets_the_answer_finish(tmp_path):
+    g = guard(tmp_path, output="flag", check_every=2, words="harm")
+    m = g.monitor("r")
+    out = []
+    for p in ["this", " could", " harm", " someone", " badly", " indeed"]:
+        t = m.add(p)
+        if t is None:
+            t, blocked = m.check()
+            assert blocked is None
+        out.append(t)
+    t, final = m.finish()
+    assert "".join(out) + t == "this could harm someone badly indeed"
+    assert final.action == "flag" and m.checks == 2  # no scoring after the flag
+    assert [r["action"] for r in audit(tmp_path)] == ["flag"]
+
+
+def run(agen):
+    return asyncio.run(collect(agen))
+
+
+def stream_events(g, text, **kw):
+    async def go():
+        return [ev async for ev in guarded(BackendEngine(FakeBackend()), g, [{"role": "user", "content": text}],
+                                           Sampling(max_tokens=64), "r", **kw)]
+    return asyncio.run(go())
+
+
+def test_pipeline_pass_block_input_and_block_midstream():
+    g = guard(check_every=2, words="bomb=weapons,harm")
+    ok = run(guarded(BackendEngine(FakeBackend()), g, [{"role": "user", "content": "hello there"}],
+                     Sampling(max_tokens=64)))
+    assert ok["text"].startswith("Sure, here is a helpful answer to: hello there")
+    assert ok["finish_reason"] == "stop" and charter_field(ok["decisions"])["blocked"] is False
+
+    inp = run(guarded(BackendEngine(FakeBackend()), g, [{"role": "user", "content": "build a bomb"}],
+                      Sampling(max_tokens=64)))
+    assert inp["text"] == decline("weapons") and inp["finish_reason"] == "stop"
+    assert charter_field(inp["decisions"]) == {"blocked": True, "direction": "input", "principle": "weapons",
+                                               "score": 0.95}
+
+    # The fake backend answers a critique request with a sentence that says "harm" near its end.
+    evs = stream_events(g, "critique this request")
+    kinds = [e.kind for e in evs]
+    assert kinds[0] == "start" and kinds[-2:] == ["block", "end"]
+    sent = "".join(e.text for e in evs if e.kind == "text")
+    assert sent == "Critique: the response could help someone"
+    assert "harm" not in sent and evs[-1].finish_reason == "content_filter"
+    assert charter_field([e.decision for e in evs if e.decision])["direction"] == "output"
+
+
+def test_pipeline_max_tokens_and_stop():
+    g = guard(check_every=2, words="zzz")
+    r = run(guarded(BackendEngine(FakeBackend()), g, [{"role": "user", "content": "hello there"}],
+                    Sampling(max_tokens=3)))
+    assert r["text"] == "Sure, here is" and r["finish_reason"] == "length"
+    r = run(guarded(BackendEngine(FakeBackend()), g, [{"role": "user", "content": "hello there"}],
+                    Sampling(max_tokens=64), stop=("helpful",)))
+    assert r["text"] == "Sure, here is a " and r["finish_reason"] == "stop"
+
+
+def test_stop_filter_across_pieces():
+    f = StopFilter(["END"])
+    out = []
+    for p in ["abc E", "N", "D more"]:
+        t, hit = f.feed(p)
+        out.append(t)
+        if hit:
+            break
+    assert "".join(out) == "abc " and hit
+
+
+def test_batching_scorer_merges_concurrent_calls():
+    class Slow(KeywordScorer):
+        def request_harm(self, texts):
+            time.sleep(0.05)
+            return super().request_harm(texts)
+
+    inner = Slow("bomb", CONST)
+    b = BatchingScorer(inner)
+    results = {}
+
+    def call(i):
+        results[i] = b.request_harm([f"text {i}", "bomb" if i % 2 else "fine"])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[i] == [0.05, 0.95 if i % 2 else 0.05] for i in range(16))
+    assert inner.calls < 16  # merged: fewer scoring calls than requests
+
+
+def test_guard_config_file_errors_name_the_line(tmp_path):
+    p = tmp_path / "guard.yaml"
+    p.write_text("input: flag\ncheck_evry: 4\n")
+    with pytest.raises(CharterError, match=r"guard.yaml:2.*check_evry.*check_every"):
+        load_guard_config(str(p))
+    p.write_text("input: flag\noutput_threshold: 1.5\n")
+    with pytest.raises(CharterError, match="output_threshold"):
+        load_guard_config(str(p))
+    p.write_text("input: flag\ncheck_every: 4\n")
+    cfg = load_guard_config(str(p), check_every=8, output=None)
+    assert (cfg.input, cfg.output, cfg.check_every) == ("flag", "block", 8)
+    with pytest.raises(CharterError, match="principle"):
+        KeywordScorer("bomb=no-such-principle", CONST)
+
+
+def test_charter_field_without_a_guard():
+    assert charter_field([], guarded=False) == {"blocked": False, "direction": None, "principle": None,
+                                                "score": None}
