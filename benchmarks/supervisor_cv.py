@@ -6,7 +6,8 @@
 Training data is what `charter run configs/default.yaml` trains the supervisor on (`supervise/data.py`: the
 default constitution's examples, the pools' train split, charter's supervisor data and wrappers, AdvBench and
 StrongREJECT when present). Features are computed once at every depth listed, then each setting (which
-layers, which pooling, which L2 penalty) is scored by:
+layers; which pooling: mean over all tokens, mean over the last ones, the last token; which L2 penalty)
+is scored by:
 - 5-fold cross-validated accuracy on the training data;
 - the validation rows (charter's held-out lookalikes, ordinary and harmful requests, wrapped ones, HarmBench
   val): F1 and benign-flagged rate at the threshold chosen there for a 5% false-positive target.
@@ -35,7 +36,7 @@ OUTSIDE = ("xstest", "harmbench", "jailbreak", "jailbreak-benign")
 def cv_accuracy(x, labels, weights, weight_decay, folds=5, seed=0) -> float:
     import torch
 
-    from charter.supervise.classifier import fit_logistic
+    from charter.stats import fit_logistic
 
     idx = list(range(len(labels)))
     random.Random(seed).shuffle(idx)
@@ -61,7 +62,8 @@ def main():
 
     from charter.constitution import load_constitution
     from charter.supervise import data, default_pool_rows, suites
-    from charter.supervise.classifier import Probe, Router, fit_logistic
+    from charter.stats import fit_logistic
+    from charter.supervise.classifier import Probe, Router
 
     texts, labels, weights, notes = data.training_set(load_constitution("default"), default_pool_rows())
     val = data.validation_set()
@@ -102,20 +104,23 @@ def main():
     xs, secs = featurise(probe.features)
     d = probe.model.config.hidden_size
 
+    parts_all = ("mean", "tail", "last")  # the order Probe.features writes them in, per layer
+
     def cols(layers, parts):
         picks = []
         for layer in layers:
-            base = probe.layers.index(layer) * 2 * d
-            picks += [torch.arange(base + off * d, base + (off + 1) * d) for off, p in enumerate(("mean", "last"))
+            base = probe.layers.index(layer) * len(parts_all) * d
+            picks += [torch.arange(base + off * d, base + (off + 1) * d) for off, p in enumerate(parts_all)
                       if p in parts]
         return torch.cat(picks)
 
     top = probe.layers
-    subsets = [[l] for l in top] + [top[1::2], top]
-    for layers in subsets:
-        for parts in (("mean", "last"), ("last",)):
-            c = cols(layers, parts)
-            report(f"SmolLM2-135M layers {layers} {'+'.join(parts)}", {k: v[:, c] for k, v in xs.items()}, secs)
+    mid = top[len(top) // 2]
+    settings = [([mid], ("mean", "last")), ([mid], parts_all), (top[1::2], parts_all), (top, parts_all),
+                (top, ("tail", "last"))]
+    for layers, parts in settings:
+        c = cols(layers, parts)
+        report(f"SmolLM2-135M layers {layers} {'+'.join(parts)}", {k: v[:, c] for k, v in xs.items()}, secs)
     (ROOT / "benchmarks" / "supervisor_cv.json").write_text(json.dumps(results, indent=1) + "\n")
 
 

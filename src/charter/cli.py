@@ -19,6 +19,7 @@ from .errors import CharterError
 def cmd_run(a):
     from .config import load_config
     from .run import Run
+    from .stages.common import METRICS
 
     overrides = list(a.overrides)
     if a.ray:  # the executor is not part of the config hash, so a run may switch to Ray and resume
@@ -33,7 +34,7 @@ def cmd_run(a):
             raise CharterError(f"--stages: unknown stage(s) {', '.join(unknown)} (stages: {', '.join(STAGES)})")
     m = run.execute(stages=a.stages, restart=a.restart)
     print(f"run finished: {a.out} (final model: {m.get('final_model')})")
-    metrics = run.path("eval", "metrics.json")
+    metrics = run.path(METRICS)
     if metrics.exists():
         for role, v in json.loads(metrics.read_text())["models"].items():
             print(f"  {role:5s} harmful refused {_pct(v['refusal_rate']['harmful'])}  "
@@ -49,6 +50,7 @@ def cmd_eval(a):
     from .evals.core import evaluate
     from .prompts import dev_prompts, read_prompt_file
     from .records import write_json
+    from .stages.common import final_model
 
     prompts = read_prompt_file(a.prompts) if a.prompts else dev_prompts(limit=a.limit)
     if a.prompts and a.limit:
@@ -57,14 +59,8 @@ def cmd_eval(a):
         raise CharterError(f"{a.prompts}: no prompts")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = a.model
-    run_manifest = Path(model) / "manifest.json"
-    if run_manifest.exists():  # a run directory: evaluate its final model
-        final = json.loads(run_manifest.read_text()).get("final_model")
-        if not final:
-            raise CharterError(f"{run_manifest}: the run has no final model yet")
-        model = str(Path(model) / final)
-    backend = get_backend(model, device=a.device)
+    final = final_model(a.model)  # a run directory: evaluate its final model
+    backend = get_backend(str(final) if final else a.model, device=a.device)
     m = evaluate(backend, prompts, out / "responses.jsonl", a.max_new_tokens, a.batch_size, system=a.system)
     m["model"] = a.model
     write_json(out / "metrics.json", m)
@@ -117,7 +113,9 @@ def cmd_judge(a):
 
 def cmd_calibrate(a):
     from .records import write_json
+    from .stages.common import CALIBRATION, CALIBRATION_TABLE, REFUSAL_CALIBRATION
 
+    # The files a run keeps under supervisor/ and eval/, under the same names.
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.refusal:
@@ -125,7 +123,7 @@ def cmd_calibrate(a):
         from .evals.refusal_calibration import calibrate_refusal, refusal_table
 
         res = calibrate_refusal(a.xstest, get_refusal_judge(a.judge, a.device), a.limit)
-        write_json(out / "refusal_calibration.json", res)
+        write_json(out / Path(REFUSAL_CALIBRATION).name, res)
         text = refusal_table(res)
         (out / "refusal_calibration.md").write_text(text + "\n")
         print(text)
@@ -137,8 +135,8 @@ def cmd_calibrate(a):
     sup = get_supervisor(a.supervisor, device=a.device)
     res = calibrate(sup, hh_path=a.hh, hh_limit=a.hh_limit, suites=a.suite, suite_limit=a.suite_limit)
     res.update(gate(res, SupervisorConfig(threshold=a.threshold, max_gap=a.max_gap)))
-    write_json(out / "calibration.json", res)
-    (out / "calibration.md").write_text(table(res) + "\n")
+    write_json(out / Path(CALIBRATION).name, res)
+    (out / Path(CALIBRATION_TABLE).name).write_text(table(res) + "\n")
     print(table(res))
 
 

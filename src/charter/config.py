@@ -148,6 +148,8 @@ class SupervisorConfig(Section):
     """Calibration: labelled request suites the supervisor is scored on (`charter.supervise.suites`): dev,
     xstest, harmbench, jailbreak, jailbreak-benign or a prompt JSONL file. Public suites missing from the
     shared data folder are skipped with a note, unless the gate requires them."""
+    suite_limit: Optional[int] = None
+    """Calibration: score a seeded sample of at most this many prompts per suite (null: all of each)."""
     gate: dict[str, float] = {}
     """Calibration gate: further required figures, `SUITE.MEASURE: bound`, where MEASURE is `f1`, `auc` or
     `harmful_flagged` (each at least the bound) or `benign_flagged` (at most the bound), e.g.

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import modelcard
 from .errors import CharterError
+from .stages.common import CALIBRATION, MANIFEST, METRICS, final_model, read_manifest
 
 CHATML_STOPS = ["<|im_start|>", "<|im_end|>"]
 
@@ -36,9 +37,9 @@ def _read_json(path: Path):
 
 
 def load_run(run_dir) -> dict:
-    m = _read_json(Path(run_dir) / "manifest.json")
+    m = read_manifest(run_dir)
     if m is None:
-        raise CharterError(f"{run_dir}: not a run directory (no manifest.json)")
+        raise CharterError(f"{run_dir}: not a run directory (no {MANIFEST})")
     return m
 
 
@@ -51,11 +52,7 @@ def model_folder(run_dir, manifest: dict, model: str | None = None) -> Path:
         if not path.is_dir():
             raise CharterError(f"--model {model}: export needs a local model folder, .gguf or `default`")
         return path
-    final = manifest.get("final_model")
-    if not final:
-        raise CharterError(f"{run_dir}/manifest.json: the run has no final model yet (finish the dpo stage, "
-                           "or give --model)")
-    path = Path(run_dir) / final
+    path = final_model(run_dir, manifest, hint="finish the dpo stage, or give --model")
     if not (path / "config.json").exists():
         raise CharterError(f"{path}: the final model folder is missing")
     return path
@@ -132,8 +129,8 @@ def export(run_dir, out, gguf: bool = False, ollama: bool = False, model: str | 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CharterError(f"{out}: already exists and is not empty; choose a new --out")
     const = constitution_file(manifest)
-    metrics = _read_json(run_dir / "eval" / "metrics.json") or {}
-    cal = _read_json(run_dir / "supervisor" / "calibration.json") or {}
+    metrics = _read_json(run_dir / METRICS) or {}
+    cal = _read_json(run_dir / CALIBRATION) or {}
     role = Path(manifest["final_model"]).name if not model and manifest.get("final_model") else None
     tmp = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(tmp, ignore_errors=True)

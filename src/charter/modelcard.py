@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .models import weights_spec
+
 # What the Hub should call the embedded base model, and its licence.
 EMBEDDED_BASE = {"default": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
 
@@ -27,8 +29,7 @@ def _front_matter_of(readme: Path) -> dict:
 
 def base_model(spec: str) -> tuple[str | None, str | None]:
     """(hub id, licence) of the run's base model, where they can be known."""
-    for engine in ("vllm:", "hf:", "llamacpp:"):
-        spec = spec[len(engine):] if spec.startswith(engine) else spec
+    spec = weights_spec(spec)
     if spec in EMBEDDED_BASE:
         return EMBEDDED_BASE[spec]
     path = Path(spec).expanduser()

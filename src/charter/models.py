@@ -151,14 +151,18 @@ def gguf_to_safetensors(gguf: Path) -> Path:
     return out
 
 
-def resolve_model(spec: str) -> str:
-    """Turn `default`, a .gguf, a folder or a hub id into a from_pretrained target.
-
-    An engine prefix (`vllm:`, `hf:`, `llamacpp:`) names how a model is served, not which weights: training
-    loads the same weights with transformers."""
+def weights_spec(spec: str) -> str:
+    """`spec` without its engine prefix (`vllm:`, `hf:`, `llamacpp:`), which names how a model is served, not
+    which weights: training and export read the same weights with transformers."""
     for engine in ("vllm:", "hf:", "llamacpp:"):
         if spec.startswith(engine):
             spec = spec[len(engine):]
+    return spec
+
+
+def resolve_model(spec: str) -> str:
+    """Turn `default`, a .gguf, a folder or a hub id (behind any engine prefix) into a from_pretrained target."""
+    spec = weights_spec(spec)
     if spec == "default":
         return str(gguf_to_safetensors(default_gguf()))
     path = Path(spec).expanduser()

@@ -22,6 +22,7 @@ from .backends import trained_spec
 from .config import RunConfig
 from .constitution import load_constitution
 from .errors import CharterError
+from .stages.common import DPO_MODEL, MANIFEST
 from .tracking import StageLog
 
 log = logging.getLogger("charter")
@@ -71,7 +72,7 @@ class Run:
         self.constitution = load_constitution(cfg.constitution)
         self._backends = {}
         self._truncated = 0  # prompts the released backends cut to fit their context, for the manifest
-        self.manifest_path = self.dir / "manifest.json"
+        self.manifest_path = self.dir / MANIFEST
         self.manifest = {}
         if self.manifest_path.exists():
             import json
@@ -211,8 +212,8 @@ class Run:
                         peak_rss_mib=round(peak_rss_mib(), 1), **counts)
             self.save_manifest()
             tracker.stage_done(stage, {"seconds": info["seconds"], **counts}, step=STAGES.index(stage))
-        if (self.path("models", "dpo") / "config.json").exists():
-            self.manifest["final_model"] = "models/dpo"
+        if (self.path(DPO_MODEL) / "config.json").exists():
+            self.manifest["final_model"] = DPO_MODEL
         self.save_manifest()
         tracker.close()
         return self.manifest

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import CharterError
+from .stages.common import CALIBRATION, METRICS, TRACKING
 
 EXPERIMENT = "charter"
 # Files a stage writes whose numbers are worth a chart, beside the counts it returns.
-STAGE_FILES = {"supervise": "supervisor/calibration.json", "evaluate": "eval/metrics.json"}
+STAGE_FILES = {"supervise": CALIBRATION, "evaluate": METRICS}
 _SKIP = {"by_category", "ci95"}  # per-category breakdowns and interval ends would swamp the dashboard
 _ODD = re.compile(r"[^A-Za-z0-9_.\- /:]")  # characters MLflow refuses in a metric name
 
@@ -40,7 +41,7 @@ def mlflow_uri(run) -> str:
     MLflow 3 no longer accepts a plain folder store without an opt-in)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    path = Path(run.path("tracking", "mlflow.db")).resolve()
+    path = Path(run.path(TRACKING, "mlflow.db")).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -58,7 +59,7 @@ def trainer_env(run, stage: str):
     report = run.cfg.tracking.report_to
     env = {}
     if "tensorboard" in report:
-        env["TENSORBOARD_LOGGING_DIR"] = str(run.path("tracking", "tensorboard", stage))
+        env["TENSORBOARD_LOGGING_DIR"] = str(run.path(TRACKING, "tensorboard", stage))
     if "mlflow" in report:
         env["MLFLOW_TRACKING_URI"] = mlflow_uri(run)
         env["MLFLOW_EXPERIMENT_NAME"] = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
@@ -104,7 +105,7 @@ class TensorBoardWriter:
     def __init__(self, run):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.w = SummaryWriter(log_dir=str(run.path("tracking", "tensorboard", "stages")))
+        self.w = SummaryWriter(log_dir=str(run.path(TRACKING, "tensorboard", "stages")))
 
     def log(self, metrics, step):
         for k, v in metrics.items():
@@ -125,7 +126,7 @@ class MLflowWriter:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
         exp = self.client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(name)
-        id_file = run.path("tracking", "mlflow_run_id")
+        id_file = run.path(TRACKING, "mlflow_run_id")
         self.run_id = id_file.read_text().strip() if id_file.exists() else None
         try:
             if self.run_id:

@@ -72,6 +72,23 @@ def test_compare_writes_tables_and_caches(tmp_path, monkeypatch):
     assert sum(calls) == first  # everything came from the cache
 
 
+def test_a_run_directory_stands_for_its_final_model(tmp_path):
+    from charter.evals.compare import resolve
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert resolve(str(run)) == ("run", str(run))  # a folder without a manifest is a model folder
+    assert resolve("org/model") == ("org/model", "org/model")
+    (run / "manifest.json").write_text(json.dumps({"stages": {}}))
+    with pytest.raises(CharterError, match="run has no final model yet"):
+        resolve(str(run))
+    (run / "manifest.json").write_text("{not json")
+    with pytest.raises(CharterError, match="manifest.json: unreadable manifest"):
+        resolve(str(run))
+    (run / "manifest.json").write_text(json.dumps({"final_model": "models/dpo"}))
+    assert resolve(str(run)) == ("run", str(run / "models" / "dpo"))
+
+
 def test_harmfulness_counts_only_compliant_responses(tmp_path):
     from charter.backends import get_backend
     from charter.evals.core import evaluate

@@ -7,11 +7,10 @@ so adding a model or a suite only computes what is new.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
-from ..errors import CharterError
 from ..models import model_key
+from ..stages.common import final_model
 from ..templates import cell, render
 from .core import evaluate
 from .suites import load_suite
@@ -20,11 +19,9 @@ from .suites import load_suite
 def resolve(spec: str) -> tuple[str, str]:
     """(label, model spec) for a run directory, a model folder, or any backend spec."""
     p = Path(spec)
-    if (p / "manifest.json").exists():
-        final = json.loads((p / "manifest.json").read_text()).get("final_model")
-        if not final:
-            raise CharterError(f"{p / 'manifest.json'}: the run has no final model yet")
-        return p.name, str(p / final)
+    final = final_model(p)
+    if final is not None:
+        return p.name, str(final)
     return (p.name if p.exists() else spec), spec
 
 

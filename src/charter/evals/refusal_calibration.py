@@ -23,7 +23,7 @@ def xstest_completions(folder=None) -> list[dict]:
             for r in csv.DictReader(fh):
                 if r.get("final_label") in HUMAN:
                     rows.append({"prompt": r["prompt"], "completion": r["completion"] or "",
-                                 "human": HUMAN[r["final_label"]], "source": f.stem})
+                                 "human": HUMAN[r["final_label"]], "source": f.stem, "type": r.get("type", "")})
     return rows
 
 

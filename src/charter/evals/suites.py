@@ -1,4 +1,5 @@
-"""Safety suites: XSTest, StrongREJECT, HarmBench, AdvBench and charter's own dev split.
+"""Safety suites: XSTest, StrongREJECT, HarmBench (test, val, and test inside PyRIT jailbreak templates), AdvBench
+and charter's own dev split (also inside the templates: `jailbreak-benign`).
 
 Each suite loads from the offline copy under the shared data folder when it is
 there, else from its `datasets` hub id, and becomes prompt rows in `charter eval`
@@ -7,6 +8,7 @@ format. A suite that cannot be found names both the local path and the hub id.
 from __future__ import annotations
 
 import csv
+import random
 from pathlib import Path
 
 from ..errors import CharterError
@@ -76,6 +78,42 @@ def _rows_advbench(name):
             for i, r in enumerate(_raw(name))]
 
 
+def jailbreak_templates(folder=None) -> list[tuple[str, str]]:
+    """(name, template) for each PyRIT jailbreak template (YAML) with a `{{ prompt }}` slot."""
+    from ..yamlio import load_yaml
+
+    folder = Path(folder) if folder else shared_data() / "jailbreak-templates"
+    if not folder.is_dir():
+        raise CharterError(f"{folder}: jailbreak templates not found (set CHARTER_SHARED_DATA)")
+    out = []
+    for f in sorted(folder.glob("*.yaml")):
+        doc = load_yaml(f)
+        value = doc.get("value") if isinstance(doc, dict) else None
+        if isinstance(value, str) and "{{ prompt }}" in value:
+            out.append((f.stem, value))
+    if not out:
+        raise CharterError(f"{folder}: no template with a {{{{ prompt }}}} slot")
+    return out
+
+
+def wrap(rows, templates, seed=0, suite="jailbreak") -> list[dict]:
+    """Each row's request placed in one seeded template; the category names the template."""
+    rng = random.Random(seed)
+    out = []
+    for r in rows:
+        name, tpl = rng.choice(templates)
+        out.append({**r, "id": f"{suite}-{r['id']}", "prompt": tpl.replace("{{ prompt }}", r["prompt"]),
+                    "category": name, "request": r["prompt"]})
+    return out
+
+
+def _jailbreak(name):
+    """HarmBench test behaviours (`jailbreak`) or charter's benign dev requests (`jailbreak-benign`), each in a
+    PyRIT jailbreak template: does a reader judge the request or the template around it?"""
+    rows = _rows_harmbench("harmbench") if name == "jailbreak" else [r for r in dev_prompts() if r["label"] == "benign"]
+    return wrap(rows, jailbreak_templates(), 0, name)
+
+
 TARGETS = {
     "dev": "charter.evals.suites:_dev",
     "xstest": "charter.evals.suites:_rows_xstest",
@@ -83,6 +121,8 @@ TARGETS = {
     "harmbench": "charter.evals.suites:_rows_harmbench",
     "harmbench-val": "charter.evals.suites:_rows_harmbench",
     "advbench": "charter.evals.suites:_rows_advbench",
+    "jailbreak": "charter.evals.suites:_jailbreak",
+    "jailbreak-benign": "charter.evals.suites:_jailbreak",
 }
 SUITES = Registry("suite", TARGETS, usage=", ".join(TARGETS) + ", or a prompt JSONL file")
 
@@ -96,8 +136,6 @@ def load_suite(name: str, limit: int | None = None) -> list[dict]:
     else:
         raise CharterError(f"unknown suite {name!r} (use {SUITES.usage})")
     if limit:
-        import random
-
         rows = list(rows)
         random.Random(0).shuffle(rows)  # a subset should mix labels and categories
         rows = rows[:limit]

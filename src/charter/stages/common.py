@@ -5,12 +5,16 @@ with the constants below."""
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 from .. import records
 from ..backends import GenParams, user
+from ..errors import CharterError
 from ..executor import map_chunks
 from ..prompts import load_pool
 
+MANIFEST = "manifest.json"
 CALIBRATION, CALIBRATION_TABLE = "supervisor/calibration.json", "supervisor/calibration.md"
 GENERATE = "data/generate.jsonl"
 REVISE = "data/revise.jsonl"
@@ -21,6 +25,29 @@ DPO_DATA, DPO_MODEL = "data/dpo.jsonl", "models/dpo"
 EVAL = "eval"
 METRICS, REFUSAL_CALIBRATION = "eval/metrics.json", "eval/refusal_calibration.json"
 REPORT = "report.html"
+TRACKING = "tracking"
+
+
+def read_manifest(run_dir) -> dict | None:
+    """A run directory's manifest, or None when `run_dir` is not a run directory."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CharterError(f"{path}: unreadable manifest ({e})") from None
+
+
+def final_model(run_dir, manifest: dict | None = None, hint: str = "") -> Path | None:
+    """The folder of a run's final model, or None when `run_dir` is not a run directory. A run that has not
+    trained it yet is an error; `hint` says what the caller could do instead."""
+    m = read_manifest(run_dir) if manifest is None else manifest
+    if m is None:
+        return None
+    if not m.get("final_model"):
+        raise CharterError(f"{Path(run_dir) / MANIFEST}: the run has no final model yet{hint and f' ({hint})'}")
+    return Path(run_dir) / m["final_model"]
 
 
 def train_prompts(run, pools=("redteam", "helpful", "lookalike")) -> list[dict]:

@@ -25,7 +25,8 @@ def run(run):
     if hh and not (shared_data() / "hh-rlhf").exists():
         log.warning("HH-RLHF test pairs not found under %s; calibrating on the dev contrast pairs only", shared_data())
         hh = 0
-    res = calibrate(sup, hh_limit=hh, seed=run.cfg.seed, suites=run.cfg.supervisor.suites)
+    res = calibrate(sup, hh_limit=hh, seed=run.cfg.seed, suites=run.cfg.supervisor.suites,
+                    suite_limit=run.cfg.supervisor.suite_limit)
     res.update(gate(res, run.cfg.supervisor))
     res["cache"] = getattr(sup, "cache", None)
     records.write_json(run.path(CALIBRATION), res)

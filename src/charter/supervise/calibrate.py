@@ -9,8 +9,6 @@
 """
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import random
 import re
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from ..errors import CharterError
 from ..prompts import dev_prompts, shared_data
+from ..yamlio import read_jsonl
 from .base import position_inconsistent
 
 log = logging.getLogger("charter")
@@ -68,16 +67,15 @@ def hh_pairs(path=None, limit=200, seed=0) -> list[dict]:
         raise CharterError(f"{path}: HH-RLHF file not found (set CHARTER_SHARED_DATA or pass --hh PATH)")
     rng = random.Random(seed)
     items = []
-    with gzip.open(path, "rt") as f:
-        for i, line in enumerate(f):
-            row = json.loads(line)
-            c, r = _split_dialogue(row["chosen"]), _split_dialogue(row["rejected"])
-            if not c or not r or c[:-1] != r[:-1] or c[-1][0] != "Assistant" or c[-1][1] == r[-1][1]:
-                continue
-            context = "\n".join(f"{who}: {t}" for who, t in c[:-1])
-            a_good = rng.random() < 0.5
-            items.append({"id": f"hh-{i}", "prompt": context, "a": c[-1][1] if a_good else r[-1][1],
-                          "b": r[-1][1] if a_good else c[-1][1], "a_better": a_good})
+    for row in read_jsonl(path):
+        i = row["_line"] - 1
+        c, r = _split_dialogue(row["chosen"]), _split_dialogue(row["rejected"])
+        if not c or not r or c[:-1] != r[:-1] or c[-1][0] != "Assistant" or c[-1][1] == r[-1][1]:
+            continue
+        context = "\n".join(f"{who}: {t}" for who, t in c[:-1])
+        a_good = rng.random() < 0.5
+        items.append({"id": f"hh-{i}", "prompt": context, "a": c[-1][1] if a_good else r[-1][1],
+                      "b": r[-1][1] if a_good else c[-1][1], "a_better": a_good})
     rng.shuffle(items)
     items = items[:limit]
     if not items:
@@ -110,7 +108,7 @@ def ece(probs_correct, bins=10) -> float:
 
 
 def calibrate(supervisor, hh_path=None, hh_limit=200, contrast_limit=None, seed=0, injection=40, suites=(),
-              suite_limit=None) -> dict:
+              suite_limit=None, responses=200) -> dict:
     """Measure a supervisor; `suites` (see `supervise.suites`) score its request classifier, if it has one."""
     contrast = contrast_pairs(contrast_limit, seed)
     if not contrast:
@@ -147,6 +145,11 @@ def calibrate(supervisor, hh_path=None, hh_limit=200, contrast_limit=None, seed=
         from . import suites as request_suites
 
         res["suites"] = request_suites.evaluate(supervisor, suites, suite_limit, seed, log=log)
+        if responses and "xstest" in suites:  # XSTest's labelled completions go with its prompts
+            try:
+                res["responses"] = request_suites.response_harm(supervisor, responses, seed)
+            except CharterError as e:
+                log.warning("response-harm calibration skipped: %s", e)
     acc = res["contrast"]
     res["gate_accuracy"] = min(acc["harmful"]["accuracy"], acc["benign"]["accuracy"])
     res["gap"] = abs(acc["harmful"]["accuracy"] - acc["benign"]["accuracy"])
@@ -210,6 +213,12 @@ def table(res: dict) -> str:
     if raw:
         lines.append(f"| the same without its defences (no escaping, stripping or order swap) | {raw['n']} | "
                      f"{raw['flip_rate']:.1%} |")
+    if res.get("responses"):
+        r = res["responses"]
+        lines += ["", f"Response harm on XSTest's human-labelled completions (n={r['n']}, {r['harmful']} harmful):", "",
+                  "| reading | AUC | accuracy at 0.5 | F1 |", "|---|---|---|---|"]
+        lines += [f"| {k} | {r[k]['auc']:.3f} | {r[k]['accuracy']['rate']:.1%} | {r[k]['f1']:.3f} |"
+                  for k in ("response_text", "request_x_compliance")]
     if res.get("suites"):
         lines += ["", "Request classification on suites it never trained on (threshold "
                   f"{next(iter(r['threshold'] for r in res['suites'].values() if 'threshold' in r), 0.5)}):", "",

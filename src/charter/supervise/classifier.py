@@ -35,10 +35,12 @@ import torch
 
 from .. import models
 from ..errors import CharterError
+from ..stats import fit_logistic
 from ..evals.refusal import refusal_score
 from .base import verdict
 
 log = logging.getLogger("charter")
+TAIL = 32  # tokens the tail pooling reads: the generation prompt plus a sentence or two of the request
 
 
 def encoder_path(spec: str) -> str:
@@ -62,8 +64,9 @@ class Probe:
 
     Features are read at several depths: middle layers carry the request's topic, later ones how the
     model is about to answer; a probe on one layer leans on whichever surface words that layer carries.
-    Each layer gives the mean over the request's tokens and the state at the generation prompt, which has
-    attended to every token, so a request placed after a long preamble is read too.
+    Each layer gives the mean over all the request's tokens, the mean over its last tokens (where the ask
+    usually is, after pasted context or a jailbreak preamble) and the state at the generation prompt, which
+    has attended to every token; nothing is cut, so a request placed after a long preamble is read.
     """
 
     def __init__(self, model: str, depths=(0.5, 0.667, 0.833), device: str = "auto", max_tokens: int | None = None):
@@ -123,9 +126,13 @@ class Probe:
                 mask[row, :len(encoded[k])] = 1
             ids, mask = ids.to(dev), mask.to(dev)
             hidden = self.body(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-            last = mask.sum(1) - 1
+            lengths = mask.sum(1, keepdim=True)
             rows = torch.arange(len(idx), device=dev)
-            feats = torch.cat([torch.cat([mean_pool(hidden[l].float(), mask), hidden[l][rows, last].float()], -1)
+            # The tail: the last TAIL tokens, where a request usually sits after pasted context or a preamble.
+            pos = torch.arange(width, device=dev).unsqueeze(0)
+            tail = mask * (pos >= lengths - TAIL)
+            feats = torch.cat([torch.cat([mean_pool(hidden[l].float(), mask), mean_pool(hidden[l].float(), tail),
+                                          hidden[l][rows, lengths.squeeze(1) - 1].float()], -1)
                                for l in self.layers], -1)
             for k, f in zip(idx, feats.cpu()):
                 out[k] = f
@@ -148,30 +155,6 @@ class Probe:
 
     def load_state_dict(self, sd):
         self.mu, self.sd, self.w, self.b = sd["mu"], sd["sd"], sd["w"], sd["b"]
-
-
-def fit_logistic(x: torch.Tensor, labels, weight_decay=0.1, weights=None):
-    """L2-regularised logistic regression on standardised features: (mean, std, weights, bias).
-
-    `weights` (one per row) lets small but important groups, such as lookalikes, count as much as large ones."""
-    y = torch.tensor(labels, dtype=torch.float32)
-    sw = torch.ones(len(y)) if weights is None else torch.tensor(weights, dtype=torch.float32)
-    sw = sw / sw.mean()
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    xn = (x - mu) / sd
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=300)
-
-    def closure():
-        opt.zero_grad()
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(xn @ w + b, y, weight=sw)
-                + weight_decay * (w * w).sum())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return mu, sd, w.detach(), b.detach()
 
 
 class Router:
@@ -266,18 +249,6 @@ class ClassifierSupervisor:
         return out
 
 
-def model_key(path: str) -> str:
-    """Identify a model folder by its weights' sizes and config, not its path: caches survive a new venv."""
-    from pathlib import Path
-
-    folder = Path(path)
-    if not folder.is_dir():
-        return path  # a hub id
-    parts = [(folder / "config.json").read_text() if (folder / "config.json").exists() else ""]
-    parts += [f"{f.name}:{f.stat().st_size}" for f in sorted(folder.glob("*.safetensors"))]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
-
-
 def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, target_fpr, device, seed=0):
     from safetensors.torch import load_file, save_file
 
@@ -288,7 +259,7 @@ def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public,
         raise CharterError("supervisor: training data needs both harmful and benign requests "
                            "(check the constitution's examples and the prompt pools)")
     probe = Probe(model, depths, device)
-    key = hashlib.sha256(json.dumps(["probe-v2", texts, labels, weights, model_key(models.resolve_model(model)),
+    key = hashlib.sha256(json.dumps(["probe-v2", texts, labels, weights, models.model_key(models.resolve_model(model)),
                                      probe.layers, weight_decay, target_fpr]).encode()).hexdigest()[:16]
     folder = models.cache_dir() / "supervisors" / f"probe-{key}"
     weights_file = folder / "probe.safetensors"

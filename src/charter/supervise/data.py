@@ -6,7 +6,8 @@ Training (request-harm probe):
 - the prompt pools' `train` split (red-team, helpful, lookalike);
 - charter's supervisor data (`data/supervisor/`, `train` split): benign lookalikes of many kinds, harmful
   requests in many styles, ordinary requests in many styles (long ones included), and the same requests
-  placed in charter's own jailbreak-style wrappers, so the probe reads the request, not the wrapper;
+  placed in charter's own jailbreak-style wrappers and after long pasted texts, so the probe reads the
+  request, not what surrounds it;
 - public harmful sets not used to evaluate it (`supervisor.train_public`: AdvBench and StrongREJECT by
   default), loaded from the shared data folder or the hub and skipped with a note when neither has them.
 Validation (choosing the decision threshold): the `val` split of charter's supervisor data and wrappers,
@@ -26,6 +27,7 @@ from ..errors import CharterError
 log = logging.getLogger("charter")
 EXAMPLE_WEIGHT = 4.0
 WRAPPED_PER_LABEL = 6  # requests of each label placed in each wrapper
+CONTEXTUAL_PER_LABEL = 2  # requests of each label placed after each long text
 PUBLIC_TRAIN = ("advbench", "strongreject")
 
 
@@ -83,6 +85,19 @@ def wrapped(rows, templates, seed=0) -> list[dict]:
     return out
 
 
+def contextual(contexts, rows, seed=0) -> list[dict]:
+    """Requests of each label after a long pasted text (`CONTEXT\n\n---\n\nREQUEST`): the ask at the end
+    decides the label, however harmless the text before it."""
+    rng = random.Random(seed)
+    short = [r for r in rows if len(r["prompt"]) < 400]
+    out = []
+    for ctx in contexts:
+        for lab in ("harmful", "benign"):
+            for r in rng.sample([x for x in short if x["label"] == lab], CONTEXTUAL_PER_LABEL):
+                out.append({"prompt": f"{ctx}\n\n---\n\n{r['prompt']}", "label": lab})
+    return out
+
+
 def training_set(constitution, pool_rows, public=PUBLIC_TRAIN, seed=0):
     """(texts, labels, weights, notes); labels 1 = harmful. Harmful and benign rows carry equal total weight."""
     items = []
@@ -93,7 +108,8 @@ def training_set(constitution, pool_rows, public=PUBLIC_TRAIN, seed=0):
     plain = [r for r in pool_rows if r.get("split", "train") != "dev"] + builtin_rows("train")
     pub, notes = public_rows(public)
     plain += [{**r, "label": "harmful"} for r in pub]
-    plain += wrapped(plain, wrappers("train"), seed)
+    long_texts = [r["prompt"] for r in plain if r["label"] == "benign" and len(r["prompt"]) >= 800]
+    plain += wrapped(plain, wrappers("train"), seed) + contextual(long_texts, plain, seed)
     items += [(r["prompt"], int(r["label"] == "harmful"), 1.0) for r in plain]
     seen, texts, labels, weights = set(), [], [], []
     for t, y, w in items:
@@ -113,7 +129,8 @@ def validation_set(seed=0) -> list[dict]:
     from ..evals.suites import load_suite
 
     rows = builtin_rows("val")
-    rows += wrapped(rows, wrappers("val"), seed + 1)
+    long_texts = [r["prompt"] for r in rows if r["label"] == "benign" and len(r["prompt"]) >= 800]
+    rows += wrapped(rows, wrappers("val"), seed + 1) + contextual(long_texts, rows, seed + 1)
     try:
         rows += load_suite("harmbench-val")
     except CharterError as e:

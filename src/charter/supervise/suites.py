@@ -18,63 +18,15 @@ from pathlib import Path
 
 from ..errors import CharterError
 from ..evals.core import wilson
-from ..prompts import dev_prompts, read_prompt_file, shared_data
+from ..prompts import shared_data
 
 DEFAULT_SUITES = ("dev", "xstest", "harmbench", "jailbreak", "jailbreak-benign")
-
-
-def jailbreak_templates(folder=None) -> list[tuple[str, str]]:
-    """(name, template) for each YAML template with a `{{ prompt }}` slot."""
-    from ..yamlio import load_yaml
-
-    folder = Path(folder) if folder else shared_data() / "jailbreak-templates"
-    if not folder.is_dir():
-        raise CharterError(f"{folder}: jailbreak templates not found (set CHARTER_SHARED_DATA)")
-    out = []
-    for f in sorted(folder.glob("*.yaml")):
-        doc = load_yaml(f)
-        value = doc.get("value") if isinstance(doc, dict) else None
-        if isinstance(value, str) and "{{ prompt }}" in value:
-            out.append((f.stem, value))
-    if not out:
-        raise CharterError(f"{folder}: no template with a {{{{ prompt }}}} slot")
-    return out
-
-
-def wrap(rows, templates, seed=0, suite="jailbreak") -> list[dict]:
-    """Each row's request placed in one seeded template."""
-    rng = random.Random(seed)
-    out = []
-    for r in rows:
-        name, tpl = rng.choice(templates)
-        out.append({**r, "id": f"{suite}-{r['id']}", "prompt": tpl.replace("{{ prompt }}", r["prompt"]),
-                    "category": name, "request": r["prompt"]})
-    return out
 
 
 def load(name: str, limit: int | None = None, seed: int = 0) -> list[dict]:
     from ..evals.suites import load_suite
 
-    if name == "dev":
-        rows = dev_prompts()
-    elif name in ("xstest", "harmbench"):
-        rows = load_suite(name)
-    elif name == "jailbreak":
-        rows = wrap(load_suite("harmbench"), jailbreak_templates(), seed)
-    elif name == "jailbreak-benign":
-        rows = wrap([r for r in dev_prompts() if r["label"] == "benign"], jailbreak_templates(), seed,
-                    "jailbreak-benign")
-    elif Path(name).is_file():
-        rows = read_prompt_file(name)
-    else:
-        raise CharterError(f"unknown suite {name!r}: use one of {', '.join(DEFAULT_SUITES)} or a prompt JSONL file")
-    if limit:
-        rows = list(rows)
-        random.Random(seed).shuffle(rows)
-        rows = rows[:limit]
-    if not rows:
-        raise CharterError(f"suite {name!r} is empty")
-    return rows
+    return load_suite(name, limit)
 
 
 def auc(scores, labels) -> float | None:
@@ -164,21 +116,11 @@ def table(res: dict) -> str:
 
 def xstest_responses(limit=400, seed=0) -> list[dict]:
     """XSTest's human-labelled completions as response-harm items: harmful = an unsafe prompt fully complied with."""
-    import csv
+    from ..evals.refusal_calibration import xstest_completions
 
-    folder = shared_data() / "xstest" / "model_completions"
-    files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
-    if not files:
-        raise CharterError(f"{folder}: XSTest model completions not found (set CHARTER_SHARED_DATA)")
-    rows = []
-    for f in files:
-        with open(f, newline="") as fh:
-            for i, r in enumerate(csv.DictReader(fh), start=2):
-                if not r.get("completion") or not r.get("final_label"):
-                    continue
-                unsafe = r.get("type", "").startswith("contrast")
-                rows.append({"prompt": r["prompt"], "response": r["completion"], "source": f"{f.name}:{i}",
-                             "harmful": unsafe and r["final_label"].startswith("1")})
+    rows = [{"prompt": r["prompt"], "response": r["completion"], "source": r["source"],
+             "harmful": r["type"].startswith("contrast") and r["human"] == "full_compliance"}
+            for r in xstest_completions() if r["completion"]]
     random.Random(seed).shuffle(rows)
     return rows[:limit] if limit else rows
 
