@@ -1,6 +1,6 @@
 """Which features should the supervisor's request-harm probe read? Cross-validation, validation and outside sets.
 
-    python benchmarks/supervisor_cv.py [--depths 0.4 0.5 0.6 0.667 0.733 0.833] [--weight-decay 0.01 0.1]
+    python benchmarks/supervisor_cv.py [--depths 0.4 0.5 0.6 0.667 0.733 0.833] [--weight-decay 0.1]
                                        [--suite-limit N]
 
 Training data is what `charter run configs/default.yaml` trains the supervisor on (`supervise/data.py`: the
@@ -54,7 +54,7 @@ def cv_accuracy(x, labels, weights, weight_decay, folds=5, seed=0) -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--depths", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.667, 0.733, 0.833])
-    ap.add_argument("--weight-decay", type=float, nargs="+", default=[0.01, 0.1])
+    ap.add_argument("--weight-decay", type=float, nargs="+", default=[0.1])
     ap.add_argument("--suite-limit", type=int, default=None, help="a seeded sample per outside suite")
     a = ap.parse_args()
 
@@ -116,8 +116,7 @@ def main():
 
     top = probe.layers
     mid = top[len(top) // 2]
-    settings = [([mid], ("mean", "last")), ([mid], parts_all), (top[1::2], parts_all), (top, parts_all),
-                (top, ("tail", "last"))]
+    settings = [([mid], ("mean", "last")), (top[1::2], parts_all), (top, parts_all)]
     for layers, parts in settings:
         c = cols(layers, parts)
         report(f"SmolLM2-135M layers {layers} {'+'.join(parts)}", {k: v[:, c] for k, v in xs.items()}, secs)

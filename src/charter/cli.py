@@ -213,6 +213,12 @@ def _guard_config(a, default_audit=None):
     return cfg
 
 
+def _passive_threads():
+    # A server runs the model and the guard in two threads of one process: OpenMP workers that spin while
+    # idle would take the cores the other needs. Only takes effect before torch loads, hence here.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def cmd_serve(a):
     import socket
 
@@ -231,6 +237,7 @@ def cmd_serve(a):
     except OSError as e:
         raise CharterError(f"cannot listen on {a.host}:{a.port} ({e.strerror or e})") from None
     cfg = _guard_config(a, default_audit="charter-audit.jsonl")
+    _passive_threads()
     guard = build_guard(a.guard, cfg, a.device, batching=True)
     engine = build_engine(a.model, a.device, a.batch_size, a.upstream_timeout, a.upstream_key_env)
     model_id = a.served_model_name or a.model
@@ -250,6 +257,7 @@ def cmd_chat(a):
     from .serve.engines import Sampling, build_engine
     from .serve.guard import build_guard
 
+    _passive_threads()
     guard = build_guard(a.guard, _guard_config(a), a.device)
     engine = build_engine(a.model, a.device, 1, a.upstream_timeout, a.upstream_key_env)
     chat_loop(engine, guard, Sampling(a.max_tokens, a.temperature, 0.95, a.seed), system=a.system,
@@ -390,7 +398,7 @@ def _guard_args(p, default_audit):
     p.add_argument("--output", choices=["block", "flag", "off"], help="policy for responses (default block)")
     p.add_argument("--input-threshold", type=float, help="P(harmful) that trips the input guard "
                    "(default: the supervisor's)")
-    p.add_argument("--output-threshold", type=float, help="P(harmful) that trips the output guard")
+    p.add_argument("--output-threshold", type=float, help="P(harmful) that trips the output guard (default 0.9)")
     p.add_argument("--check-every", type=int, help="score the streamed response every N tokens (default 16)")
     p.add_argument("--audit-log", metavar="PATH", help="JSONL of every guard decision (default: "
                    f"{default_audit or 'none'}; `none` turns it off)")

@@ -167,9 +167,12 @@ class SupervisorConfig(Section):
     train_public: list[str] = ["advbench", "strongreject"]
     """Classifier: public harmful request sets it also trains on (suite names, loaded from the shared data folder
     or the hub; skipped with a note when unavailable). Never list a set it is evaluated on."""
-    target_fpr: float = 0.05
-    """Classifier: its decision threshold is the lowest that flags at most this share of the benign
-    validation requests (charter's own held-out lookalikes and ordinary requests, never an evaluation set)."""
+    target_fpr: Optional[float] = None
+    """Classifier: how its decision threshold is chosen on the validation requests (charter's own held-out
+    lookalikes, ordinary and harmful requests and HarmBench val; never an evaluation set). Null: where the
+    share of benign requests flagged equals the share of harmful ones missed, as the calibration gate wants
+    both directions right equally often. A number: the lowest threshold flagging at most that share of the
+    benign requests (a guard that must rarely block harmless users)."""
     router: str = "embedded:minilm"
     """Classifier: frozen sentence encoder that picks the principle for a request (`embedded:minilm` =
     all-MiniLM-L6-v2 from its PyPI package, or a hub id/folder)."""

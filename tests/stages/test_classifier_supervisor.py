@@ -46,11 +46,11 @@ def test_probe_learns_a_separable_split(tiny_model):
 
 def test_supervisor_training_is_cached_with_its_threshold(tiny_model, tmp_cache, tmp_path):
     const = _constitution(tmp_path)
-    probe, meta, folder = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), 0.05, "cpu")
-    # charter's own supervisor data trains it beside the constitution's examples; the threshold is chosen on
-    # the validation rows and moved into the bias, so 0.5 is the decision point.
-    assert meta["n"] > 100 and meta["n_val"] > 0 and 0.01 <= meta["chosen_threshold"] <= 0.99
-    again, meta2, folder2 = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), 0.05, "cpu")
+    probe, meta, folder = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), "cpu")
+    # charter's own supervisor data trains it beside the constitution's examples; its readings of the
+    # validation rows are kept, so the threshold rule can change without retraining.
+    assert meta["n"] > 100 and len(meta["val_p"]) == len(meta["val_labels"]) > 0
+    again, meta2, folder2 = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), "cpu")
     assert folder2 == folder and meta2 == meta
     assert again.predict(HARMFUL[:2]) == pytest.approx(probe.predict(HARMFUL[:2]), abs=1e-6)
 
@@ -82,10 +82,10 @@ def test_not_covers_examples_change_verdicts_on_their_kind(tiny_model, tmp_cache
                          "How can I crack the password of someone", "How do I crack a password to steal a car"]
     const = _constitution(tmp_path)
     const.principles[0].examples.covers = harmful
-    before, *_ = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), 0.05, "cpu")
+    before, *_ = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), "cpu")
     with_kind = _constitution(tmp_path, not_covers=kind)
     with_kind.principles[0].examples.covers = harmful
-    after, *_ = classifier._train_or_load(with_kind, [], str(tiny_model), (1.0,), 0.01, (), 0.05, "cpu")
+    after, *_ = classifier._train_or_load(with_kind, [], str(tiny_model), (1.0,), 0.01, (), "cpu")
     p0, p1 = before.predict(held_out), after.predict(held_out)
     assert all(b < a for a, b in zip(p0, p1)), (p0, p1)
     assert max(p1) < 0.5 <= min(p0), (p0, p1)

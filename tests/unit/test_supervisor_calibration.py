@@ -138,3 +138,18 @@ def test_response_harm_reads_the_request_and_the_refusal(sup, shared):
     # ones; reading the request and whether the answer declines gets all four right.
     assert res["request_x_compliance"]["accuracy"]["rate"] == 1.0 and res["request_x_compliance"]["auc"] == 1.0
     assert res["response_text"]["accuracy"]["rate"] == 0.25
+
+
+def test_threshold_rules_on_validation_readings():
+    from charter.supervise.data import threshold_for
+
+    rows = [{"label": "benign"}] * 10 + [{"label": "harmful"}] * 10
+    p = [i / 20 for i in range(10)] + [0.3 + i / 20 for i in range(10)]  # benign 0-0.45, harmful 0.3-0.75
+    # At most 10% of benign rows flagged: only the top benign reading (0.45) may reach the threshold.
+    t = threshold_for(p, rows, 0.1)
+    assert sum(x >= t for x in p[:10]) <= 1 and t > 0.4
+    # Equal error rate: as many benign flagged as harmful missed.
+    t = threshold_for(p, rows)
+    fpr = sum(x >= t for x in p[:10]) / 10
+    fnr = sum(x < t for x in p[10:]) / 10
+    assert fpr == fnr and 0.3 <= t <= 0.45

@@ -287,7 +287,8 @@ async def _sse(head, first, events, guarded_: bool, include_usage: bool, release
                     decisions.append(ev.decision)
                 yield _chunk(head, {}, ev.finish_reason, charter=charter_field(decisions, guarded_))
                 if include_usage:
-                    yield f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [], 'usage': ev.usage})}\n\n"
+                    usage = {**head, "object": "chat.completion.chunk", "choices": [], "usage": ev.usage}
+                    yield f"data: {json.dumps(usage)}\n\n"
         yield "data: [DONE]\n\n"
     except UpstreamError as e:
         yield f"data: {json.dumps(APIError(e.status, e.message, type='upstream_error').body())}\n\n"

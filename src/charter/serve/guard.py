@@ -34,11 +34,14 @@ from pydantic import field_validator
 from ..errors import CharterError
 from ..schema import Section, from_dict
 
-# The classifier reads at most 256 tokens of a text (its chat wrapper included), so longer texts are
-# scored in overlapping windows and the highest score counts: every token of a long request is read,
-# and harm buried after a long harmless preamble is not cut off.
-WINDOW_TOKENS = 192
+# A request longer than the classifier reads at once (its `max_tokens`, less room for its chat wrapper) is
+# scored in overlapping windows and the highest score counts, so every token is read, wherever harm sits.
+WRAPPER_TOKENS = 64
 WINDOW_OVERLAP = 32
+# Streamed responses are scored on their last TAIL_TOKENS tokens at each check: the new text with the text
+# before it as context, at a cost that does not grow with the response.
+TAIL_TOKENS = 192
+ROUTE_TOKENS = 96
 GENERIC_DECLINE = "I can't help with that."
 
 
@@ -62,8 +65,12 @@ class GuardConfig(Section):
     decline text, `flag` lets it finish but reports and logs the verdict, `off` does not score responses."""
     input_threshold: Optional[float] = None
     """P(harmful) at or above which a request counts as harmful; unset: the supervisor's own threshold."""
-    output_threshold: Optional[float] = None
-    """P(harmful) at or above which a response counts as harmful; unset: the supervisor's own threshold."""
+    output_threshold: Optional[float] = 0.9
+    """P(harmful) at or above which a response counts as harmful; unset: the supervisor's own threshold.
+    Higher than the request threshold by default: the classifier is trained and calibrated on requests, and
+    an answer that explains a harmful topic (a definition, some history) reads more harmful than the request
+    did. 0.9 is the lowest threshold that blocked no answer to charter's benign dev prompts
+    (benchmarks/guard.py's sweep); the README has the trade-off."""
     check_every: int = 16
     """Score the response after every this many streamed tokens. Text is held back until it has been
     scored, so a smaller value sends text sooner and scores more often."""
@@ -171,7 +178,8 @@ class Guard:
         if audit is None and self.cfg.audit_log:
             audit = AuditLog(self.cfg.audit_log, self.cfg.log_text)
         self.audit = audit
-        self.tokenizer = _find_tokenizer(scorer)
+        self.tokenizer, limit = _reading(scorer)
+        self.window = max(2 * WINDOW_OVERLAP, limit - WRAPPER_TOKENS) if limit else None
         constitution = getattr(scorer, "constitution", None)
         self.principles = {p.id: p for p in getattr(constitution, "principles", [])}
 
@@ -186,8 +194,8 @@ class Guard:
         return self.scorer.threshold if t is None else t
 
     def windows(self, text: str) -> list[str]:
-        """Overlapping pieces of `text`, each short enough for the classifier to read whole."""
-        return windows(text, self.tokenizer)
+        """`text` whole, or in overlapping pieces when it is longer than the classifier reads at once."""
+        return windows(text, self.tokenizer, self.window) if self.window else ([text] if text else [])
 
     def _score(self, parts: list[str]) -> tuple[float, str]:
         """(highest P(harmful) over the windows, the window that scored it)."""
@@ -210,8 +218,10 @@ class Guard:
         if score < threshold:
             return Decision(direction, "pass", score)
         # The classifier has already judged the text harmful; the router is asked only which principle it
-        # falls under, so hand it a score at the supervisor's own threshold (ours may be lower).
-        pid = self.scorer.principle_for([window], [max(score, self.scorer.threshold)])[0]
+        # falls under, so hand it a score at the supervisor's own threshold (ours may be lower). It reads the
+        # window's end, where the ask usually sits (after pasted context or a jailbreak preamble).
+        ask = tail(window, self.tokenizer, ROUTE_TOKENS)
+        pid = self.scorer.principle_for([ask], [max(score, self.scorer.threshold)])[0]
         p = self.principles.get(pid)
         decline = (p.decline if p is not None and p.decline else GENERIC_DECLINE)
         return Decision(direction, "block" if policy == "block" else "flag", score, pid, decline)
@@ -277,9 +287,9 @@ class OutputMonitor:
         window; when more arrived since the last check than one window holds, every window over it."""
         old, new = "".join(self.sent), "".join(self.pending)
         tok = self.guard.tokenizer
-        if len(_offsets(new, tok) or new) <= WINDOW_TOKENS - WINDOW_OVERLAP:
+        if len(_offsets(new, tok) or new) <= TAIL_TOKENS - WINDOW_OVERLAP:
             return [tail(old + new, tok)]
-        return windows(tail(old, tok, WINDOW_OVERLAP) + new, tok)
+        return windows(tail(old, tok, WINDOW_OVERLAP) + new, tok, TAIL_TOKENS)
 
     def _release(self) -> str:
         out = "".join(self.pending)
@@ -325,16 +335,20 @@ class OutputMonitor:
         return text, final
 
 
-def _find_tokenizer(scorer):
-    """The classifier's own tokenizer, when the scorer exposes it: windows are then cut in its tokens."""
+def _reading(scorer):
+    """(tokenizer, most tokens read at once) of the classifier behind a scorer, where it exposes them (the
+    classifier supervisor's probe does): windows are then cut in its own tokens (in characters when only
+    the limit is known). A scorer with no limit reads every text whole."""
     for obj in (scorer, getattr(scorer, "inner", None)):
-        tok = getattr(obj, "tokenizer", None) or getattr(getattr(obj, "clf", None), "tok", None)
-        if tok is not None:
-            return tok
-    return None
+        clf = getattr(obj, "clf", None)
+        tok = getattr(obj, "tokenizer", None) or getattr(clf, "tok", None)
+        limit = getattr(obj, "max_tokens", None) or getattr(clf, "max_tokens", None)
+        if tok is not None or limit:
+            return tok, limit
+    return None, None
 
 
-def windows(text: str, tokenizer=None, size: int = WINDOW_TOKENS, overlap: int = WINDOW_OVERLAP) -> list[str]:
+def windows(text: str, tokenizer=None, size: int = TAIL_TOKENS, overlap: int = WINDOW_OVERLAP) -> list[str]:
     """Overlapping windows of at most `size` tokens (characters without a tokenizer: a token covers at
     least one character, so a window of `size` characters never exceeds `size` tokens)."""
     if not text:
@@ -356,7 +370,7 @@ def windows(text: str, tokenizer=None, size: int = WINDOW_TOKENS, overlap: int =
     return out
 
 
-def tail(text: str, tokenizer=None, size: int = WINDOW_TOKENS) -> str:
+def tail(text: str, tokenizer=None, size: int = TAIL_TOKENS) -> str:
     """The last `size` tokens of `text` (characters without a tokenizer)."""
     offsets = _offsets(text, tokenizer)
     if offsets is None:

@@ -111,6 +111,10 @@ class Probe:
         out = [None] * len(texts)
         dev = self.model.device
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        from tqdm import tqdm
+
+        # A bar only for big reads (training, calibration suites), not for each labelling chunk.
+        bar = tqdm(total=len(texts), desc="supervisor features", unit="text", disable=len(texts) < 256, leave=False)
         i = 0
         while i < len(order):
             # Batches are bounded by padded tokens, not rows, so long requests do not blow up memory.
@@ -136,7 +140,9 @@ class Probe:
                                for l in self.layers], -1)
             for k, f in zip(idx, feats.cpu()):
                 out[k] = f
+            bar.update(len(idx))
             i = j
+        bar.close()
         return torch.stack(out)
 
     def fit(self, texts, labels, weight_decay=0.1, weights=None):
@@ -249,7 +255,11 @@ class ClassifierSupervisor:
         return out
 
 
-def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, target_fpr, device, seed=0):
+def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, device, seed=0):
+    """The fitted probe (raw, before any threshold), its metadata and cache folder.
+
+    The cache keeps the probe's readings of the validation rows too, so a new threshold rule needs no
+    retraining."""
     from safetensors.torch import load_file, save_file
 
     from . import data
@@ -259,25 +269,21 @@ def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public,
         raise CharterError("supervisor: training data needs both harmful and benign requests "
                            "(check the constitution's examples and the prompt pools)")
     probe = Probe(model, depths, device)
-    key = hashlib.sha256(json.dumps(["probe-v2", texts, labels, weights, models.model_key(models.resolve_model(model)),
-                                     probe.layers, weight_decay, target_fpr]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(["probe-v3", texts, labels, weights, models.model_key(models.resolve_model(model)),
+                                     probe.layers, weight_decay]).encode()).hexdigest()[:16]
     folder = models.cache_dir() / "supervisors" / f"probe-{key}"
     weights_file = folder / "probe.safetensors"
     if weights_file.exists():
         probe.load_state_dict(load_file(weights_file))
-        meta = json.loads((folder / "meta.json").read_text())
-        return probe, meta, str(folder)
+        return probe, json.loads((folder / "meta.json").read_text()), str(folder)
     log.info("training the supervisor's request probe (layers %s of %s) on %d requests", probe.layers, model,
              len(texts))
     probe.fit(texts, labels, weight_decay, weights)
     val = data.validation_set(seed)
-    threshold = data.threshold_for(probe.predict([r["prompt"] for r in val]), val, target_fpr) if val else 0.5
-    # Move the chosen threshold into the bias, so 0.5 is the decision point everywhere P(harmful) is read
-    # (the judge's formula, principle routing, the serving guard).
-    probe.b = probe.b - math.log(threshold / (1 - threshold))
     meta = {"n": len(texts), "harmful": sum(labels), "model": model, "layers": probe.layers,
-            "weight_decay": weight_decay, "chosen_threshold": threshold, "n_val": len(val), "target_fpr": target_fpr,
-            "public": list(public), "public_skipped": notes}
+            "weight_decay": weight_decay, "public": list(public), "public_skipped": notes,
+            "val_labels": [int(r["label"] == "harmful") for r in val],
+            "val_p": [round(p, 6) for p in probe.predict([r["prompt"] for r in val])]}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{random.randrange(1 << 30)}.safetensors"
     save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, tmp)
@@ -287,11 +293,18 @@ def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public,
 
 
 def build(constitution, pool_rows, model="default", depths=(0.5, 0.667, 0.833), weight_decay=0.1,
-          router="embedded:minilm", public=("advbench", "strongreject"), target_fpr=0.05, device="auto",
+          router="embedded:minilm", public=("advbench", "strongreject"), target_fpr=None, device="auto",
           seed=0) -> ClassifierSupervisor:
     """Train (or load from the cache) the classifier supervisor for this constitution and data."""
-    probe, meta, folder = _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, target_fpr,
-                                         device, seed)
+    from .data import threshold_for
+
+    probe, meta, folder = _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, device, seed)
+    rows = [{"label": "harmful" if y else "benign"} for y in meta["val_labels"]]
+    threshold = threshold_for(meta["val_p"], rows, target_fpr) if rows else 0.5
+    # Move the chosen threshold into the bias, so 0.5 is the decision point everywhere P(harmful) is read
+    # (the judge's formula, principle routing, the serving guard).
+    probe.b = probe.b - math.log(threshold / (1 - threshold))
+    meta = {**meta, "chosen_threshold": threshold, "target_fpr": target_fpr}
     sup = ClassifierSupervisor(probe, Router(constitution, pool_rows, router), constitution,
                                name=f"classifier:{constitution.name}")
     sup.training = meta

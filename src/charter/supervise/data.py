@@ -138,10 +138,21 @@ def validation_set(seed=0) -> list[dict]:
     return rows
 
 
-def threshold_for(p_harm, rows, target_fpr: float) -> float:
-    """The lowest threshold that flags at most `target_fpr` of the benign validation rows (0.5 without any)."""
+def threshold_for(p_harm, rows, target_fpr: float | None = None) -> float:
+    """The decision threshold, from the probe's readings of the validation rows.
+
+    With `target_fpr`, the lowest threshold that flags at most that share of the benign rows. Without, the
+    point where the share of benign rows flagged equals the share of harmful rows missed: the calibration
+    gate asks for both directions to be right equally often, so the threshold aims there."""
     benign = sorted((p for p, r in zip(p_harm, rows) if r["label"] == "benign"), reverse=True)
-    if not benign:
+    harmful = sorted(p for p, r in zip(p_harm, rows) if r["label"] == "harmful")
+    if not benign or (target_fpr is None and not harmful):
         return 0.5
-    k = int(target_fpr * len(benign))  # this many benign rows may be flagged
-    return min(0.99, max(0.01, benign[k] + 1e-6 if k < len(benign) else 0.01))
+    if target_fpr is not None:
+        k = int(target_fpr * len(benign))  # this many benign rows may be flagged
+        t = benign[k] + 1e-6 if k < len(benign) else 0.01
+    else:
+        candidates = sorted(set(p_harm))
+        t = min(candidates, key=lambda c: abs(sum(p >= c for p in benign) / len(benign)
+                                             - sum(p < c for p in harmful) / len(harmful)))
+    return min(0.99, max(0.01, t))
