@@ -312,6 +312,7 @@ def main():
     guard = Guard(sup, GuardConfig())
     t_in, t_out, judge = guard.input_threshold, guard.output_threshold, sup.threshold
     res["thresholds"] = {"input": t_in, "output": t_out, "judge": judge}
+    res["supervisor"] = {"name": sup.name, "cache": [Path(c).name for c in getattr(sup, "cache", [])]}
     print(f"supervisor ready ({res['seconds']['supervisor_load']} s), thresholds {res['thresholds']}", flush=True)
 
     t = time.perf_counter()

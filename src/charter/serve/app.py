@@ -184,7 +184,8 @@ def create_app(engine, guard: Guard | None, model_id: str, limits: Limits | None
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "guard": guard_label, "in_flight": state["inflight"]}
+        return {"status": "ok", "model": model_id, "guard": guard_label, "in_flight": state["inflight"],
+                "served": state["served"]}
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -69,8 +69,7 @@ class GuardConfig(Section):
     """P(harmful) at or above which a response counts as harmful; unset: the supervisor's own threshold.
     Higher than the request threshold by default: the classifier is trained and calibrated on requests, and
     an answer that explains a harmful topic (a definition, some history) reads more harmful than the request
-    did. 0.9 is the lowest threshold that blocked no answer to charter's benign dev prompts
-    (benchmarks/guard.py's sweep); the README has the trade-off."""
+    did. benchmarks/guard.py measures the trade-off over thresholds (the README has the figures)."""
     check_every: int = 16
     """Score the response after every this many streamed tokens. Text is held back until it has been
     scored, so a smaller value sends text sooner and scores more often."""
