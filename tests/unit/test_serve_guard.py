@@ -131,17 +131,23 @@ def test_monitor_cuts_the_stream_where_it_turns_harmful(tmp_path):
     assert [(r["request_id"], r["action"]) for r in audit(tmp_path)] == [("req-9", "block")]
 
 
+def _feed_unblocked(monitor, pieces) -> list[str]:
+    """Stream pieces through a monitor, checking whenever it holds text back; no check may block."""
+    out = []
+    for p in pieces:
+        t = monitor.add(p)
+        if t is None:
+            t, blocked = monitor.check()
+            assert blocked is None
+        out.append(t)
+    return out
+
+
 def test_monitor_releases_everything_on_a_pass_and_logs_once(tmp_path):
     g = guard(tmp_path, check_every=4)
     m = g.monitor("r")
     pieces = [f" word{i}" for i in range(10)]
-    out = []
-    for p in pieces:
-        t = m.add(p)
-        if t is None:
-            t, blocked = m.check()
-            assert blocked is None
-        out.append(t)
+    out = _feed_unblocked(m, pieces)
     t, final = m.finish()
     out.append(t)
     assert "".join(out) == "".join(pieces) and final.action == "pass"
@@ -152,13 +158,7 @@ def test_monitor_releases_everything_on_a_pass_and_logs_once(tmp_path):
 def test_monitor_flag_lets_the_answer_finish(tmp_path):
     g = guard(tmp_path, output="flag", check_every=2, words="harm")
     m = g.monitor("r")
-    out = []
-    for p in ["this", " could", " harm", " someone", " badly", " indeed"]:
-        t = m.add(p)
-        if t is None:
-            t, blocked = m.check()
-            assert blocked is None
-        out.append(t)
+    out = _feed_unblocked(m, ["this", " could", " harm", " someone", " badly", " indeed"])
     t, final = m.finish()
     assert "".join(out) + t == "this could harm someone badly indeed"
     assert final.action == "flag" and m.checks == 2  # no scoring after the flag

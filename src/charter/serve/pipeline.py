@@ -79,8 +79,8 @@ async def guarded(engine, guard: Guard | None, messages, sampling: Sampling, req
                 if text is None:
                     text, blocked = await run(mon.check)
                     if blocked:
-                        yield Event("block", blocked.decline, blocked)
-                        yield Event("end", finish_reason="content_filter", decision=blocked, usage=_usage(stats))
+                        for ev in _cut(blocked, stats):
+                            yield ev
                         return
             text, hit = stops.feed(text)
             if text:
@@ -96,8 +96,8 @@ async def guarded(engine, guard: Guard | None, messages, sampling: Sampling, req
     if mon is not None:
         text, d_out = await run(mon.finish)
         if d_out is not None and d_out.blocked:
-            yield Event("block", d_out.decline, d_out)
-            yield Event("end", finish_reason="content_filter", decision=d_out, usage=_usage(stats))
+            for ev in _cut(d_out, stats):
+                yield ev
             return
         text, hit = stops.feed(text)
         if text:
@@ -110,6 +110,12 @@ async def guarded(engine, guard: Guard | None, messages, sampling: Sampling, req
             yield Event("text", tail)
     yield Event("end", finish_reason=reason or stats.get("finish_reason") or "stop", decision=d_out,
                 usage=_usage(stats))
+
+
+def _cut(decision, stats: dict):
+    """The events that end a stream the output guard stopped: the decline, then a content_filter finish."""
+    return [Event("block", decision.decline, decision),
+            Event("end", finish_reason="content_filter", decision=decision, usage=_usage(stats))]
 
 
 def _usage(stats: dict) -> dict:

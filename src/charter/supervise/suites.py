@@ -18,15 +18,10 @@ from pathlib import Path
 
 from ..errors import CharterError
 from ..evals.core import wilson
+from ..evals.suites import load_suite as load  # one suite registry serves the policy's evals and these
 from ..prompts import shared_data
 
 DEFAULT_SUITES = ("dev", "xstest", "harmbench", "jailbreak", "jailbreak-benign")
-
-
-def load(name: str, limit: int | None = None, seed: int = 0) -> list[dict]:
-    from ..evals.suites import load_suite
-
-    return load_suite(name, limit)
 
 
 def auc(scores, labels) -> float | None:
@@ -78,7 +73,7 @@ def evaluate(supervisor, names=DEFAULT_SUITES, limit=None, seed=0, skip_missing=
     out = {}
     for name in names:
         try:
-            rows = load(name, limit, seed)
+            rows = load(name, limit)
         except CharterError as e:
             if not skip_missing or name not in DEFAULT_SUITES or Path(name).exists():
                 raise
