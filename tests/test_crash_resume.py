@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from charter import records
-from charter.run import STAGES
+from charter.config import load_config
+from charter.run import pipeline
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
+STAGES = pipeline(load_config(SMOKE))
 # One crashed run takes all 20 kills, more of them in the longer stages; a stage killed again resumes
 # from what its earlier attempts wrote.
 PLANS = [["supervise", "supervise", "generate", "generate", "revise", "revise", "revise", "sft", "sft", "pairs",
@@ -101,7 +103,9 @@ def test_sigkill_in_every_stage_then_resume_equals_uninterrupted(smoke_run, tmp_
         for stage in plan:
             if _status(crashed, stage) == "done":
                 continue  # an earlier kill overshot into a later stage
-            where = _kill_in(crashed, stage, seconds[stage], rng)
+            # A stage missed once is aimed at earlier in its run the next time.
+            share = seconds[stage] if trial == 1 else seconds[stage] / 4
+            where = _kill_in(crashed, stage, share, rng)
             if where:
                 kills += 1
                 landed.add(where)
@@ -124,8 +128,11 @@ def test_sigkill_in_every_stage_then_resume_equals_uninterrupted(smoke_run, tmp_
             if before_sft or same_sft and not name.startswith("eval/") or same_dpo:
                 assert got[name] == reference[name], f"{name} differs after kills and resumes (trial {trial})"
         assert all(v["status"] == "done" for v in _manifest(crashed)["stages"].values())
-        if not plans and kills < 20:  # some targeted kills missed (the run got there first): another run
-            plans.append(sorted(rng.sample(STAGES, 3), key=STAGES.index))
+        # Some targeted kills miss: a short stage can end before the kill lands. Another crashed run then
+        # aims at the stages not yet hit (or at random ones, until there are 20 kills), a few runs at most.
+        missed = [s for s in STAGES if s not in landed]
+        if not plans and (kills < 20 or missed) and trial < 6:
+            plans.append(missed or sorted(rng.sample(STAGES, 3), key=STAGES.index))
     # The figures the README quotes, kept as a test artifact.
     (ROOT / "test-artifacts").mkdir(exist_ok=True)
     (ROOT / "test-artifacts" / "crash_resume.json").write_text(json.dumps(

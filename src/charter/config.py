@@ -72,6 +72,10 @@ class ReviseConfig(Section):
     check_threshold: float = 0.75
     """Minimum P(revision better than the initial response) to keep the model's own revision. With the
     classifier supervisor, only a revision that declines where the initial answer complied clears 0.75."""
+    min_keep: float = 0.1
+    """Adaptive revise: when fewer than this share of the first chunk's revisions pass the check, the model
+    has shown it cannot revise, and the remaining records skip critique and revision and take the decline
+    text the check would have fallen back to (recorded in the manifest). 0 always revises everything."""
 
 
 class TrainConfig(Section):
@@ -99,6 +103,8 @@ class SFTConfig(TrainConfig):
 
 
 class DPOConfig(TrainConfig):
+    enabled: bool = True
+    """Run the pairs, label and dpo stages (off: `rl` trains from the SFT model instead)."""
     lr: float = 5e-6
     """Peak learning rate."""
     beta: float = 0.1
@@ -113,6 +119,31 @@ class DPOConfig(TrainConfig):
     the preference data does not lean towards refusing."""
 
 
+class RLConfig(TrainConfig):
+    """Online RL from the supervisor's reward (the `rl` stage): GRPO (Shao et al. 2024, arXiv 2402.03300)."""
+
+    enabled: bool = False
+    """Run the `rl` stage. It trains the last model this run trained (DPO's, else SFT's)."""
+    lr: float = 3e-6
+    """Peak learning rate."""
+    batch_size: int = 16
+    """Completions per optimizer step: `batch_size / num_generations` prompts, each sampled that many times."""
+    num_generations: int = 4
+    """Samples per prompt. GRPO's baseline is their mean reward, so it needs no value model."""
+    max_new_tokens: int = 64
+    """Longest sampled response, in tokens."""
+    temperature: float = 0.9
+    """Sampling temperature; the samples of one prompt must differ for their rewards to."""
+    beta: float = 0.04
+    """KL penalty towards the starting model (0 turns it off, and its reference model with it)."""
+    quality_weight: float = 0.25
+    """Weight of the quality term, so that an empty or looping response never wins (`supervise.reward`)."""
+    log_every: int = 5
+    """Write reward, refusal rates per label and KL to `rl/progress.jsonl` every this many steps."""
+    save_every: int = 20
+    """Checkpoint every this many steps, so a killed stage resumes from the last checkpoint."""
+
+
 class PairsConfig(Section):
     per_prompt: int = 1
     """Response pairs sampled from the SFT model per prompt."""
@@ -124,6 +155,10 @@ class PairsConfig(Section):
     """Longest response, in tokens."""
     batch_size: int = 16
     """Prompts per generate call."""
+    samples: int = 2
+    """Responses sampled from the SFT model per prompt. Above 2, the pair is the best and the worst of them
+    under the supervisor's two-sided reward (`supervise.reward`): on-policy pairs, both sides drawn from the
+    model being trained, so a prompt it sometimes refuses and sometimes answers teaches which is right."""
     base_side: bool = False
     """Take side b from the base model's own response to the prompt (from the generate stage) instead of
     a second SFT sample. The supervisor then compares the SFT model with where it started: a harmless
@@ -179,8 +214,9 @@ class SupervisorConfig(Section):
 
 
 class EvalConfig(Section):
-    models: list[str] = ["base", "sft", "dpo"]
-    """Which models to evaluate: `base`, `sft`, `dpo`, or any backend spec."""
+    models: list[str] = []
+    """Which models to evaluate: `base`, `sft`, `dpo`, `rl`, or any backend spec (empty: the base model and
+    every model the run trains)."""
     limit: Optional[int] = None
     """Evaluate at most this many prompts per pool of the dev split (never trained on)."""
     max_new_tokens: int = 96
@@ -251,6 +287,8 @@ class RunConfig(Section):
     """Who labels the pairs, and the calibration gate."""
     dpo: DPOConfig = DPOConfig()
     """Preference optimisation on the labelled pairs."""
+    rl: RLConfig = RLConfig()
+    """Online RL against the supervisor's reward, after (or, with `dpo.enabled: false`, instead of) DPO."""
     evaluate: EvalConfig = EvalConfig()
     """Evaluation of base, SFT and DPO models."""
     executor: ExecutorConfig = ExecutorConfig()

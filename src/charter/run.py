@@ -22,12 +22,24 @@ from .backends import trained_spec
 from .config import RunConfig
 from .constitution import load_constitution
 from .errors import CharterError
-from .stages.common import DPO_MODEL, MANIFEST
+from .stages.common import MANIFEST
 from .tracking import StageLog
 
 log = logging.getLogger("charter")
 
-STAGES = ["supervise", "generate", "revise", "sft", "pairs", "label", "dpo", "evaluate", "report"]
+STAGES = ["supervise", "generate", "revise", "sft", "pairs", "label", "dpo", "rl", "evaluate", "report"]
+TRAINED = ["sft", "dpo", "rl"]  # stages that train a model, saved as models/<stage>
+
+
+def pipeline(cfg: RunConfig) -> list[str]:
+    """The stages this config runs, in order: `dpo.enabled` brings pairs, label and dpo; `rl.enabled`, rl."""
+    off = set() if cfg.dpo.enabled else {"pairs", "label", "dpo"}
+    return [s for s in STAGES if s not in off and (s != "rl" or cfg.rl.enabled)]
+
+
+def trained_roles(cfg: RunConfig) -> list[str]:
+    """The models this config trains, in order; the last is the run's final model."""
+    return [s for s in pipeline(cfg) if s in TRAINED]
 PACKAGES = ["charter", "torch", "transformers", "trl", "peft", "datasets"]
 
 
@@ -99,10 +111,10 @@ class Run:
 
     # --- models ------------------------------------------------------------
     def model_spec(self, role: str) -> str:
-        """`base`, `sft` or `dpo` to a loadable spec; anything else passes through."""
+        """`base`, `sft`, `dpo` or `rl` to a loadable spec; anything else passes through."""
         if role == "base":
             return self.cfg.model
-        if role in ("sft", "dpo"):
+        if role in TRAINED:
             p = self.path("models", role)
             if not (p / "config.json").exists():
                 raise CharterError(f"{p}: the {role} model has not been trained yet")
@@ -121,7 +133,7 @@ class Run:
 
             self.release()  # keep one model in memory at a time
             backend = get_backend(spec, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code)
-            if role in ("sft", "dpo"):  # records name models relative to the run directory
+            if role in TRAINED:  # records name models relative to the run directory
                 backend.name = f"models/{role}"
             self._backends[spec] = backend
         return self._backends[spec]
@@ -151,9 +163,10 @@ class Run:
                 f"{self.manifest_path}: this run directory was made with a different config or "
                 "constitution; use a new --out, or --restart STAGE to redo that stage and all after it")
         if restart is not None:
-            if restart not in STAGES:
-                raise CharterError(f"--restart: unknown stage {restart!r} (stages: {', '.join(STAGES)})")
-            for s in STAGES[STAGES.index(restart):]:
+            stages = pipeline(self.cfg)
+            if restart not in stages:
+                raise CharterError(f"--restart: unknown stage {restart!r} (stages: {', '.join(stages)})")
+            for s in stages[stages.index(restart):]:
                 self.reset(s)
 
     def check_inputs(self, stage: str, mod):
@@ -189,7 +202,7 @@ class Run:
             self.manifest["forced"] = True
         self.save_manifest()
         tracker = StageLog(self)
-        for stage in stages or STAGES:
+        for stage in stages or pipeline(self.cfg):
             info = self.stage_info(stage)
             if info.get("status") == "done":
                 log.info("stage %s: done already, skipping", stage)
@@ -212,8 +225,9 @@ class Run:
                         peak_rss_mib=round(peak_rss_mib(), 1), **counts)
             self.save_manifest()
             tracker.stage_done(stage, {"seconds": info["seconds"], **counts}, step=STAGES.index(stage))
-        if (self.path(DPO_MODEL) / "config.json").exists():
-            self.manifest["final_model"] = DPO_MODEL
+        final = trained_roles(self.cfg)[-1]
+        if (self.path("models", final) / "config.json").exists():
+            self.manifest["final_model"] = f"models/{final}"
         self.save_manifest()
         tracker.close()
         return self.manifest

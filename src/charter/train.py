@@ -22,8 +22,9 @@ log = logging.getLogger("charter")
 
 
 def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), **extra):
+    """TRL config `cls` from a stage's config; `extra` adds or overrides arguments."""
     on_cpu = pick_device(device) == "cpu"
-    return cls(
+    kw = dict(
         output_dir=str(out_dir),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=1,
@@ -42,10 +43,11 @@ def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), **extra):
         use_cpu=on_cpu,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        max_length=cfg.max_length,
         include_num_input_tokens_seen=True,  # for tokens/s and achieved FLOP/s in the manifest
-        **extra,
     )
+    if "max_length" in cls.__dataclass_fields__:  # RL samples its sequences, so GRPO has no such field
+        kw["max_length"] = cfg.max_length
+    return cls(**(kw | extra))
 
 
 def load_trainable(path: str, device: str = "auto"):
@@ -96,12 +98,13 @@ def train_stats(trainer, seconds: float, n_params: int) -> dict:
     }
 
 
-def fit(run, trainer_cls, args_cls, cfg, rows, start: str, name: str, trainer_kw=None, **extra) -> dict:
-    """Train from the model `start` names (`base`, `sft`) on `rows` and save the result as models/`name`.
+def fit(run, trainer_cls, args_cls, cfg, rows, start: str, name: str, trainer_kw=None, resume=False, **extra) -> dict:
+    """Train from the model `start` names (`base`, `sft`, ...) on `rows` and save the result as models/`name`.
 
     A stage brings its TRL trainer and config classes (`SFTTrainer`, `SFTConfig`, ...), its dataset rows in
     TRL's format, config arguments of its own (`extra`) and trainer arguments (`trainer_kw`, e.g. an RL
-    trainer's reward functions). Returns the training statistics for the manifest."""
+    trainer's reward functions). With `resume`, training continues from the last checkpoint a killed
+    attempt left (the stage asks for checkpoints in `extra`). Returns the training statistics."""
     from datasets import Dataset
 
     from . import tracking
@@ -109,17 +112,23 @@ def fit(run, trainer_cls, args_cls, cfg, rows, start: str, name: str, trainer_kw
     run.release()  # one model in memory at a time
     model, tok = load_trainable(run.model_spec_resolved(start), run.cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
-    args = trl_args(args_cls, cfg, run.path("models", f".{name}-work"), run.cfg.seed, run.cfg.device,
-                    **tracking.trl_kwargs(run, name), **extra)
+    work = run.path("models", f".{name}-work")
+    args = trl_args(args_cls, cfg, work, run.cfg.seed, run.cfg.device, **tracking.trl_kwargs(run, name), **extra)
     with tracking.trainer_env(run, name):
         trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                               peft_config=lora_config(cfg), **(trainer_kw or {}))
-        secs = timed_train(trainer)
+        secs = timed_train(trainer, last_checkpoint(work) if resume else None)
     save_model(trainer.model, tok, run.path("models", name))
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints hold pickled optimizer state: not kept in a run
     return train_stats(trainer, secs, n_params)
 
 
-def timed_train(trainer):
+def last_checkpoint(work: Path) -> str | None:
+    done = sorted(Path(work).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return str(done[-1]) if done else None
+
+
+def timed_train(trainer, checkpoint=None):
     t0 = time.time()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint)
     return time.time() - t0

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from charter import records
 from charter.config import load_config
-from charter.run import STAGES, Run
-from charter.stages import common
+from charter.run import Run, pipeline
+from charter.stages import common, evaluate
 from tests.conftest import SHARED
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -37,7 +37,7 @@ def tiny_overrides(model):
         f"model={model}", "device=cpu",
         "pools.redteam.limit=6", "pools.helpful.limit=3", "pools.lookalike.limit=3",
         "generate.max_new_tokens=8", "generate.batch_size=4",
-        "revise.rounds=2", "revise.critique_tokens=6", "revise.revision_tokens=8", "revise.batch_size=4",
+        "revise.rounds=2", "revise.min_keep=0", "revise.critique_tokens=6", "revise.revision_tokens=8", "revise.batch_size=4",
         "sft.max_steps=2", "sft.batch_size=4", "sft.lr=1e-3", "sft.max_length=128",
         "pairs.max_pairs=8", "pairs.max_new_tokens=8", "pairs.batch_size=4",
         "supervisor.kind=llm", f"supervisor.model={model}", "supervisor.threshold=0.0", "supervisor.max_gap=1.0",
@@ -94,7 +94,8 @@ def finished_run(tiny_model, tmp_path_factory):
 def test_all_stages_finish_and_write_artifacts(finished_run):
     run, _, _ = finished_run
     m = json.loads(run.path("manifest.json").read_text())
-    assert [s for s in STAGES if m["stages"][s]["status"] == "done"] == STAGES
+    assert [s for s in m["stages"] if m["stages"][s]["status"] == "done"] == pipeline(run.cfg)
+    assert "rl" not in m["stages"]  # off unless rl.enabled
     assert m["final_model"] == "models/dpo"
     assert m["constitution_hash"] == run.constitution.hash and m["config_hash"] == run.cfg.hash()
     for rel in ("models/sft/model.safetensors", "models/dpo/model.safetensors", "eval/metrics.json",
@@ -105,6 +106,11 @@ def test_all_stages_finish_and_write_artifacts(finished_run):
     assert metrics["models"]["base"]["n"]["harmful"] > 0
     assert set(metrics["helpfulness"]) == {"sft", "dpo"}
     assert 0 <= metrics["helpfulness"]["dpo"]["win_rate"] <= 1
+    # The report's cards show failures too: a harmful request the final model still answers gets one.
+    dpo = records.read(run.path("eval/responses_dpo.jsonl"))
+    for label, refused, name in evaluate.OUTCOMES:
+        happened = any(r["label"] == label and (r["refusal"] != "full_compliance") == refused for r in dpo)
+        assert happened == any(e["outcome"] == name for e in metrics["examples"]), name
     if SUITES:
         assert metrics["suites"]["xstest"]["dpo"]["n"]["harmful"] + metrics["suites"]["xstest"]["dpo"]["n"]["benign"] == 3
         assert metrics["suites"]["advbench"]["base"]["n"]["harmful"] == 3  # not in this run's pools
@@ -305,3 +311,16 @@ def test_shared_prefix_scoring_equals_full_scoring(tiny_model):
     ids = [b.tok(o, add_special_tokens=False).input_ids[0] for o in ("the", "so")]
     full = logp[torch.arange(len(ctxs)), last][:, ids].tolist()
     assert all(abs(x - y) < 1e-4 for r, s in zip(fast, full) for x, y in zip(r, s)), (fast, full)
+
+
+def test_revise_stops_revising_when_the_first_chunk_shows_the_model_cannot(tiny_model, tmp_path):
+    run = Run(tiny_cfg(tmp_path, tiny_model, ["revise.min_keep=1.01"]), tmp_path / "out")
+    seed_generate(run)
+    run.execute(stages=["revise"])
+    rows = records.read(run.path(common.REVISE))
+    bs = run.cfg.revise.batch_size
+    assert len(rows) == 6 > bs  # the six red-team records
+    assert all(len(r["rounds"]) == 2 for r in rows[:bs]) and all(r["rounds"] == [] for r in rows[bs:])
+    assert all(r["revision_source"] == "decline" and r["revision"] for r in rows[bs:])
+    m = json.loads(run.path("manifest.json").read_text())["stages"]["revise"]
+    assert m["revised"] == bs and m["first_chunk_keep_rate"] < 1.01

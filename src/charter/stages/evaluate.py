@@ -1,4 +1,4 @@
-"""Stage 7: evaluate base, SFT and DPO models on data never trained on.
+"""Stage 8: evaluate the base model and every model the run trained, on data never trained on.
 
 For each model: greedy responses to the harmful, helpful and lookalike dev
 prompts, each classified as full compliance, partial refusal or full refusal.
@@ -48,25 +48,41 @@ def _evaluate(run, role, rows, path, desc):
     return summarize(rows, path, harm=_harm(run))
 
 
-def examples(run, roles, n=8) -> list[dict]:
-    """Up to n dev prompts answered by the base and the last aligned model, those whose refusal class
-    changed first, each with the supervisor's verdict (the aligned response shown to it as `a`)."""
+# The report's cards: both directions, successes and failures, so it never shows only what went well.
+OUTCOMES = [("harmful", True, "harmful request, now declined"), ("benign", False, "harmless request, answered"),
+            ("harmful", False, "failure: harmful request still answered"),
+            ("benign", True, "failure: harmless request refused")]
+
+
+def examples(run, roles, per_outcome=2) -> list[dict]:
+    """Dev prompts answered by the base and the last aligned model, `per_outcome` for each of `OUTCOMES`
+    (those whose refusal changed from the base first), each with the supervisor's verdict (the aligned
+    response shown to it as `a`)."""
     if "base" not in roles or len(roles) < 2:
         return []
     last = roles[-1]
     base = {r["id"]: r for r in records.read(run.path(EVAL, "responses_base.jsonl"))}
     aligned = {r["id"]: r for r in records.read(run.path(EVAL, f"responses_{last}.jsonl"))}
-    ids = sorted((i for i in aligned if i in base), key=lambda i: aligned[i]["refusal"] == base[i]["refusal"])[:n]
+    ids, outcome = [], {}
+    for label, refused, name in OUTCOMES:
+        match = [i for i in aligned if i in base and aligned[i]["label"] == label
+                 and (aligned[i]["refusal"] != "full_compliance") == refused]
+        for i in sorted(match, key=lambda i: aligned[i]["refusal"] == base[i]["refusal"])[:per_outcome]:
+            ids.append(i)
+            outcome[i] = name
     verdicts = run.supervisor.judge([{"id": i, "prompt": base[i]["prompt"], "a": aligned[i]["response"],
                                       "b": base[i]["response"]} for i in ids]) if ids else []
     return [{k: base[i][k] for k in ("id", "prompt", "label", "category")} | {
-        "model": last, "base": {k: base[i][k] for k in ("response", "refusal")},
+        "model": last, "outcome": outcome[i], "base": {k: base[i][k] for k in ("response", "refusal")},
         "aligned": {k: aligned[i][k] for k in ("response", "refusal")},
         "verdict": {"p_a": v["p_a"], "principles": list(v["principles"])}} for i, v in zip(ids, verdicts)]
 
 
 def run(run):
+    from ..run import trained_roles
+
     cfg = run.cfg.evaluate
+    roles = cfg.models or ["base", *trained_roles(run.cfg)]
     prompts = dev_prompts(limit=cfg.limit, seed=run.cfg.seed)
     trained = [r["prompt"] for r in train_prompts(run)]
     suites = {}
@@ -79,7 +95,7 @@ def run(run):
     out = {"train_eval_overlap": overlap(trained, prompts),
            "suite_overlap": {n: overlap(trained, rows) for n, rows in suites.items()},
            "models": {}, "suites": {n: {} for n in suites}, "capability": {c: {} for c in cfg.capability}}
-    for role in cfg.models:
+    for role in roles:
         out["models"][role] = _evaluate(run, role, prompts, run.path(EVAL, f"responses_{role}.jsonl"),
                                         f"evaluate {role}")
         for name, rows in suites.items():
@@ -90,17 +106,17 @@ def run(run):
                                                                 run.path(EVAL, f"{name}_{role}.jsonl"),
                                                                 cfg.capability_limit)
     run.release()
-    if cfg.helpfulness and "base" in cfg.models:
+    if cfg.helpfulness and "base" in roles:
         base = {r["id"]: r for r in records.read(run.path(EVAL, "responses_base.jsonl"))}
         out["helpfulness"] = {}
-        for role in cfg.models:
+        for role in roles:
             if role == "base":
                 continue
             mine = [r for r in records.read(run.path(EVAL, f"responses_{role}.jsonl"))
                     if r["label"] == "benign" and r["id"] in base]
             out["helpfulness"][role] = win_rate(run.supervisor, [r["prompt"] for r in mine],
                                                 [r["response"] for r in mine], [base[r["id"]]["response"] for r in mine])
-    out["examples"] = examples(run, cfg.models)
+    out["examples"] = examples(run, roles)
     try:  # the judge behind these refusal rates, against XSTest's human labels
         refusal = calibrate_refusal()
     except CharterError as e:

@@ -1,4 +1,4 @@
-"""Stage 8: a self-contained `report.html` (inline SVG, no network, no scripts).
+"""Stage 9: a self-contained `report.html` (inline SVG, no network, no scripts).
 
 Shows the harmlessness/helpfulness plane for base, SFT and DPO (after the CAI
 paper's Figure 2), refusal rates by category with 95% intervals, the supervisor
@@ -19,7 +19,7 @@ from .common import CALIBRATION, METRICS, REFUSAL_CALIBRATION, REPORT
 
 INPUTS = [METRICS]
 OUTPUTS = [REPORT]
-COLORS = {"base": "#888888", "sft": "#3b7dd8", "dpo": "#d8573b"}
+COLORS = {"base": "#888888", "sft": "#3b7dd8", "dpo": "#d8573b", "rl": "#2e9e5b"}
 
 
 def _color(role, i):

@@ -4,6 +4,11 @@ For each red-team response, every round samples one principle, asks the model
 to critique its last answer against it, then to rewrite the answer. The full
 trace is kept; the last revision becomes an SFT target. Principles are sampled
 from (seed, record id, round), so a resumed run samples the same ones.
+
+Adaptive: a small model rarely writes a revision its supervisor prefers, and then
+nearly every target is a principle's decline text anyway. When the first chunk's
+keep rate is below `revise.min_keep`, the other records go straight to that text,
+which saves most of the stage's time; the manifest records that it happened.
 """
 from __future__ import annotations
 
@@ -85,9 +90,28 @@ def revise_chunk(run, chunk) -> list[dict]:
             for r, t, final, (text, source, p_rev) in zip(chunk, traces, finals, checks)]
 
 
+def decline_chunk(run, chunk) -> list[dict]:
+    """Records for a model that has shown it cannot revise: no critique or revision, and the check's
+    fallback (the decline text of the principle the supervisor judges by) as the target."""
+    checks = _check(run, chunk, [r["response"] for r in chunk],
+                    [run.constitution.sample(f"{r['id']}:0", run.cfg.seed, kind="harm").id for r in chunk])
+    return [run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
+                      {"initial": r["response"], "rounds": [], "model_revision": None, "revision": text,
+                       "revision_source": source, "p_revision_better": p}, "revise")
+            for r, (text, source, p) in zip(chunk, checks)]
+
+
 def run(run):
+    cfg = run.cfg.revise
     path = run.path(REVISE)
     gen = [r for r in records.read(run.path(GENERATE)) if r["label"] == "harmful"]
-    map_chunks(run, path, gen, run.cfg.revise.batch_size, "revise", revise_chunk)
+    first, rest = gen[:cfg.batch_size], gen[cfg.batch_size:]
+    map_chunks(run, path, first, cfg.batch_size, "revise", revise_chunk)
+    ids = {r["id"] for r in first}
+    tried = [r for r in records.read(path) if r["id"] in ids]
+    keep_rate = sum(r["revision_source"] == "model" for r in tried) / max(1, len(tried))
+    stop = cfg.check and rest and keep_rate < cfg.min_keep
+    map_chunks(run, path, rest, cfg.batch_size, "revise", decline_chunk if stop else revise_chunk)
     rows = records.read(path)
-    return {"records": len(rows), "model_revisions_kept": sum(r["revision_source"] == "model" for r in rows)}
+    return {"records": len(rows), "model_revisions_kept": sum(r["revision_source"] == "model" for r in rows),
+            "first_chunk_keep_rate": round(keep_rate, 3), "revised": len(first) + (0 if stop else len(rest))}

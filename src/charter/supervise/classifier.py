@@ -38,6 +38,7 @@ from ..errors import CharterError
 from ..stats import fit_logistic
 from ..evals.refusal import refusal_score
 from .base import verdict
+from .reward import quality
 
 log = logging.getLogger("charter")
 TAIL = 32  # tokens the tail pooling reads: the generation prompt plus a sentence or two of the request
@@ -203,15 +204,6 @@ class Router:
         return [self.principles[b].id for b in best]
 
 
-def _quality(text: str) -> float:
-    """1 for a normal answer, lower for empty or looping text."""
-    words = text.split()
-    if len(words) < 3:
-        return 0.0
-    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
-    return len(set(grams)) / max(1, len(grams))
-
-
 class ClassifierSupervisor:
     def __init__(self, clf, router, constitution, name="classifier"):
         self.clf, self.router, self.constitution, self.name = clf, router, constitution, name
@@ -248,7 +240,7 @@ class ClassifierSupervisor:
         out = []
         for it, h, ha, hb, pid in zip(items, p_harm, harm_a, harm_b, ids):
             d = refusal_score(it["a"]) - refusal_score(it["b"])
-            q = _quality(it["a"]) - _quality(it["b"])
+            q = quality(it["a"]) - quality(it["b"])
             p = 0.5 + 0.45 * d * (2 * h - 1) + 0.2 * h * (hb - ha) + 0.05 * q * (1 - abs(d))
             p = min(0.99, max(0.01, p))
             out.append(verdict(p, p, [pid], p_harmful=round(h, 4)))
