@@ -124,7 +124,7 @@ class RLConfig(TrainConfig):
 
     enabled: bool = False
     """Run the `rl` stage. It trains the last model this run trained (DPO's, else SFT's)."""
-    lr: float = 3e-6
+    lr: float = 1e-5
     """Peak learning rate."""
     batch_size: int = 16
     """Completions per optimizer step: `batch_size / num_generations` prompts, each sampled that many times."""

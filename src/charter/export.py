@@ -52,7 +52,7 @@ def model_folder(run_dir, manifest: dict, model: str | None = None) -> Path:
         if not path.is_dir():
             raise CharterError(f"--model {model}: export needs a local model folder, .gguf or `default`")
         return path
-    path = final_model(run_dir, manifest, hint="finish the dpo stage, or give --model")
+    path = final_model(run_dir, manifest, hint="finish its training stages, or give --model")
     if not (path / "config.json").exists():
         raise CharterError(f"{path}: the final model folder is missing")
     return path

@@ -121,7 +121,8 @@ def metadata(name: str, manifest: dict, metrics: dict, cal: dict, role: str | No
         if role:  # the run's own trained model, not a model exported alongside it
             meta["base_model_relation"] = "finetune"
     meta.update(library_name="transformers", pipeline_tag="text-generation",
-                tags=["charter", "constitutional-ai", "rlaif", "dpo", "safety", *(["gguf"] if gguf else [])])
+                tags=["charter", "constitutional-ai", "rlaif", *(["grpo"] if "rl" in (manifest.get("stages") or {}) else
+                                                                    ["dpo"]), "safety", *(["gguf"] if gguf else [])])
     if hub_sets:
         meta["datasets"] = hub_sets
     meta["constitution"] = {"name": const.get("name"), "version": str(const.get("version")),

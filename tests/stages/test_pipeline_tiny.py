@@ -324,3 +324,16 @@ def test_revise_stops_revising_when_the_first_chunk_shows_the_model_cannot(tiny_
     assert all(r["revision_source"] == "decline" and r["revision"] for r in rows[bs:])
     m = json.loads(run.path("manifest.json").read_text())["stages"]["revise"]
     assert m["revised"] == bs and m["first_chunk_keep_rate"] < 1.01
+
+
+def test_public_suites_missing_from_this_machine_are_skipped_and_said(tiny_model, tmp_path, monkeypatch):
+    """A user's clone has no shared data: evaluate still runs, and names what it could not load."""
+    monkeypatch.setenv("CHARTER_SHARED_DATA", str(tmp_path / "nothing"))
+    cfg = tiny_cfg(tmp_path, tiny_model, ["evaluate.models=[base]", "evaluate.suites=[xstest]",
+                                          "evaluate.capability=[gsm8k]", "evaluate.helpfulness=false"])
+    run = Run(cfg, tmp_path / "out")
+    seed_calibration(run)
+    run.execute(stages=["evaluate"])
+    metrics = json.loads(run.path("eval/metrics.json").read_text())
+    assert set(metrics["unavailable"]) == {"xstest", "gsm8k"} and metrics["models"]["base"]["n"]["harmful"] > 0
+    assert metrics["suites"] == {} and metrics["capability"] == {}

@@ -48,6 +48,18 @@ def _load(name: str, split: str | None = None):
                            f"not be loaded ({type(e).__name__}); set CHARTER_{name.upper()} to a JSONL file") from None
 
 
+def capability_missing(name: str) -> str | None:
+    """Why suite `name` cannot be loaded here (no local copy, hub unreachable), or None when it can.
+    An unknown name is a config error, raised."""
+    if name not in CAPABILITY_SUITES:
+        raise CharterError(f"unknown capability suite {name!r} (use {', '.join(CAPABILITY_SUITES)})")
+    try:
+        _load(name)
+    except CharterError as e:
+        return str(e)
+    return None
+
+
 def final_number(text: str):
     """The answer after '####' if present, else the last number in the text."""
     marked = "####" in text

@@ -16,12 +16,12 @@ import logging
 from .. import records
 from ..backends import GenParams
 from ..errors import CharterError
-from ..evals.capability import evaluate_capability
+from ..evals.capability import capability_missing, evaluate_capability
 from ..evals.core import eval_chunk, summarize
 from ..evals.helpfulness import win_rate
 from ..evals.refusal_calibration import calibrate_refusal
 from ..executor import map_chunks
-from ..evals.suites import load_suite, overlap
+from ..evals.suites import TARGETS, load_suite, overlap
 from ..prompts import dev_prompts
 from .common import EVAL, METRICS, REFUSAL_CALIBRATION, train_prompts
 
@@ -85,23 +85,33 @@ def run(run):
     roles = cfg.models or ["base", *trained_roles(run.cfg)]
     prompts = dev_prompts(limit=cfg.limit, seed=run.cfg.seed)
     trained = [r["prompt"] for r in train_prompts(run)]
-    suites = {}
+    suites, unavailable = {}, {}
     for name in cfg.suites:
         if name == "advbench" and any("advbench" in getattr(run.cfg.pools, p).source.lower()
                                       for p in ("redteam", "helpful", "lookalike")):
             log.warning("AdvBench is in the training pool, so it is not used for evaluation")
             continue
-        suites[name] = load_suite(name, cfg.suite_limit)
+        try:
+            suites[name] = load_suite(name, cfg.suite_limit)
+        except CharterError as e:  # a named public suite whose data is not on this machine: said, not fatal
+            if name not in TARGETS:
+                raise
+            unavailable[name] = str(e)
+    unavailable |= {c: why for c in cfg.capability if (why := capability_missing(c))}
+    capability = [c for c in cfg.capability if c not in unavailable]
+    for name, why in unavailable.items():
+        log.warning("evaluate: %s skipped (%s)", name, why)
     out = {"train_eval_overlap": overlap(trained, prompts),
            "suite_overlap": {n: overlap(trained, rows) for n, rows in suites.items()},
-           "models": {}, "suites": {n: {} for n in suites}, "capability": {c: {} for c in cfg.capability}}
+           "models": {}, "suites": {n: {} for n in suites}, "capability": {c: {} for c in capability},
+           "unavailable": unavailable}
     for role in roles:
         out["models"][role] = _evaluate(run, role, prompts, run.path(EVAL, f"responses_{role}.jsonl"),
                                         f"evaluate {role}")
         for name, rows in suites.items():
             out["suites"][name][role] = _evaluate(run, role, rows, run.path(EVAL, f"{name}_{role}.jsonl"),
                                                   f"{name} {role}")
-        for name in cfg.capability:
+        for name in capability:
             out["capability"][name][role] = evaluate_capability(run.backend(role), name,
                                                                 run.path(EVAL, f"{name}_{role}.jsonl"),
                                                                 cfg.capability_limit)
