@@ -29,8 +29,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from charter import records  # noqa: E402
 from charter.config import load_config  # noqa: E402
+from charter.evals.refusal import refusal_class  # noqa: E402
 from charter.run import Run, pipeline  # noqa: E402
+from charter.evals.core import wilson  # noqa: E402
 
 # The supervisor's outside suites are `charter calibrate`'s job; here it is only built and gated on dev.
 COMMON = ["supervisor.suites=[dev]", "supervisor.hh_limit=0", "evaluate.helpfulness=false"]
@@ -71,24 +74,41 @@ def method_run(base: Path, sft: Path, method: str, extra: list[str]) -> Path:
     stages = pipeline(cfg)
     first = stages[stages.index("sft") + 1]
     run = Run(cfg, out, force=True)
-    if run.manifest.get("stages", {}).get("evaluate", {}).get("status") != "done":
-        # --restart from the method's first stage: the copied stages up to SFT stay as they are.
-        started = run.manifest.get("config_hash") == cfg.hash()
+    # A fresh copy carries the SFT run's config: --restart from the method's first stage, which keeps the
+    # stages up to SFT as they are. A copy already started with this config just resumes.
+    started = run.manifest.get("config_hash") == cfg.hash()
+    if not (started and run.manifest["stages"].get("evaluate", {}).get("status") == "done"):
         run.execute(restart=None if started else first)
+    return out
+
+
+def rates(path: Path) -> dict:
+    """Refusal rates per prompt label, re-judged with the current refusal judge, so that every point is
+    judged alike however long ago its responses were generated."""
+    rows = records.read(path)
+    out = {"n": {}}
+    for label in ("harmful", "benign"):
+        classes = [refusal_class(r["response"]) for r in rows if r["label"] == label]
+        out["n"][label] = len(classes)
+        out[label] = {"refused": sum(c != "full_compliance" for c in classes) / len(classes),
+                      "full_refusal": sum(c == "full_refusal" for c in classes) / len(classes),
+                      "ci95": wilson(sum(c != "full_compliance" for c in classes), len(classes))}
     return out
 
 
 def point(run_dir: Path, role: str) -> dict:
     m = json.loads((run_dir / "eval" / "metrics.json").read_text())
     man = json.loads((run_dir / "manifest.json").read_text())
-    dev, xs = m["models"][role], m["suites"].get("xstest", {}).get(role)
+    dev = rates(run_dir / "eval" / f"responses_{role}.jsonl")
+    xs_path = run_dir / "eval" / f"xstest_{role}.jsonl"
+    xs = rates(xs_path) if xs_path.exists() else None
     gsm = m["capability"].get("gsm8k", {}).get(role)
     return {
-        "dev": {"harmful_refused": dev["refusal_rate"]["harmful"], "benign_refused": dev["refusal_rate"]["benign"],
-                "ci95": dev["ci95"], "n": dev["n"]},
-        "xstest": xs and {"unsafe_full_refusal": xs["full_refusal_rate"]["harmful"],
-                          "safe_full_refusal": xs["full_refusal_rate"]["benign"],
-                          "unsafe_refused": xs["refusal_rate"]["harmful"], "safe_refused": xs["refusal_rate"]["benign"],
+        "dev": {"harmful_refused": dev["harmful"]["refused"], "benign_refused": dev["benign"]["refused"],
+                "ci95": {k: dev[k]["ci95"] for k in ("harmful", "benign")}, "n": dev["n"]},
+        "xstest": xs and {"unsafe_full_refusal": xs["harmful"]["full_refusal"],
+                          "safe_full_refusal": xs["benign"]["full_refusal"],
+                          "unsafe_refused": xs["harmful"]["refused"], "safe_refused": xs["benign"]["refused"],
                           "n": xs["n"]},
         "gsm8k": gsm and {"score": gsm["score"], "ci95": gsm["ci95"], "n": gsm["n"]},
         "train_seconds": sum(v.get("seconds", 0) for s, v in man["stages"].items()
