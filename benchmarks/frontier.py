@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from charter import records  # noqa: E402
 from charter.config import load_config  # noqa: E402
-from charter.evals.refusal import refusal_class  # noqa: E402
+from charter.evals.core import metrics  # noqa: E402
+from charter.evals.refusal import LexicalRefusalJudge, refusal_class  # noqa: E402
 from charter.run import Run, pipeline  # noqa: E402
-from charter.evals.core import wilson  # noqa: E402
 
 # The supervisor's outside suites are `charter calibrate`'s job; here it is only built and gated on dev.
 COMMON = ["supervisor.suites=[dev]", "supervisor.hh_limit=0", "evaluate.helpfulness=false"]
@@ -83,17 +83,10 @@ def method_run(base: Path, sft: Path, method: str, extra: list[str]) -> Path:
 
 
 def rates(path: Path) -> dict:
-    """Refusal rates per prompt label, re-judged with the current refusal judge, so that every point is
-    judged alike however long ago its responses were generated."""
-    rows = records.read(path)
-    out = {"n": {}}
-    for label in ("harmful", "benign"):
-        classes = [refusal_class(r["response"]) for r in rows if r["label"] == label]
-        out["n"][label] = len(classes)
-        out[label] = {"refused": sum(c != "full_compliance" for c in classes) / len(classes),
-                      "full_refusal": sum(c == "full_refusal" for c in classes) / len(classes),
-                      "ci95": wilson(sum(c != "full_compliance" for c in classes), len(classes))}
-    return out
+    """`evals.core.metrics` of a responses file, re-judged with the current refusal judge, so that every
+    point is judged alike however long ago its responses were generated."""
+    rows = [{**r, "refusal": refusal_class(r["response"])} for r in records.read(path)]
+    return metrics(rows, LexicalRefusalJudge.name)
 
 
 def point(run_dir: Path, role: str) -> dict:
@@ -104,11 +97,11 @@ def point(run_dir: Path, role: str) -> dict:
     xs = rates(xs_path) if xs_path.exists() else None
     gsm = m["capability"].get("gsm8k", {}).get(role)
     return {
-        "dev": {"harmful_refused": dev["harmful"]["refused"], "benign_refused": dev["benign"]["refused"],
-                "ci95": {k: dev[k]["ci95"] for k in ("harmful", "benign")}, "n": dev["n"]},
-        "xstest": xs and {"unsafe_full_refusal": xs["harmful"]["full_refusal"],
-                          "safe_full_refusal": xs["benign"]["full_refusal"],
-                          "unsafe_refused": xs["harmful"]["refused"], "safe_refused": xs["benign"]["refused"],
+        "dev": {"harmful_refused": dev["refusal_rate"]["harmful"], "benign_refused": dev["refusal_rate"]["benign"],
+                "ci95": dev["ci95"], "n": dev["n"]},
+        "xstest": xs and {"unsafe_full_refusal": xs["full_refusal_rate"]["harmful"],
+                          "safe_full_refusal": xs["full_refusal_rate"]["benign"],
+                          "unsafe_refused": xs["refusal_rate"]["harmful"], "safe_refused": xs["refusal_rate"]["benign"],
                           "n": xs["n"]},
         "gsm8k": gsm and {"score": gsm["score"], "ci95": gsm["ci95"], "n": gsm["n"]},
         "train_seconds": sum(v.get("seconds", 0) for s, v in man["stages"].items()

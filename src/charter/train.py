@@ -112,7 +112,7 @@ def fit(run, trainer_cls, args_cls, cfg, rows, start: str, name: str, trainer_kw
     run.release()  # one model in memory at a time
     model, tok = load_trainable(run.model_spec_resolved(start), run.cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
-    work = run.path("models", f".{name}-work")
+    work = work_dir(run, name)
     args = trl_args(args_cls, cfg, work, run.cfg.seed, run.cfg.device, **tracking.trl_kwargs(run, name), **extra)
     with tracking.trainer_env(run, name):
         trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
@@ -121,6 +121,11 @@ def fit(run, trainer_cls, args_cls, cfg, rows, start: str, name: str, trainer_kw
     save_model(trainer.model, tok, run.path("models", name))
     shutil.rmtree(work, ignore_errors=True)  # checkpoints hold pickled optimizer state: not kept in a run
     return train_stats(trainer, secs, n_params)
+
+
+def work_dir(run, name: str) -> Path:
+    """Where training models/`name` keeps its checkpoints until the model is saved."""
+    return run.path("models", f".{name}-work")
 
 
 def last_checkpoint(work: Path) -> str | None:

@@ -144,6 +144,17 @@ def load_suite(name: str, limit: int | None = None) -> list[dict]:
     return rows
 
 
+def load_if_present(name: str, limit: int | None = None, optional=TARGETS) -> tuple[list[dict] | None, str | None]:
+    """`(rows, None)`, or `(None, why)` when `name` is one of the `optional` builtin suites and its data is not
+    on this machine (a user's clone has no shared data folder); any other failure raises."""
+    try:
+        return load_suite(name, limit), None
+    except CharterError as e:
+        if name not in optional or Path(name).exists():
+            raise
+        return None, str(e)
+
+
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 

@@ -21,7 +21,7 @@ from ..evals.core import eval_chunk, summarize
 from ..evals.helpfulness import win_rate
 from ..evals.refusal_calibration import calibrate_refusal
 from ..executor import map_chunks
-from ..evals.suites import TARGETS, load_suite, overlap
+from ..evals.suites import load_if_present, overlap
 from ..prompts import dev_prompts
 from .common import EVAL, METRICS, REFUSAL_CALIBRATION, train_prompts
 
@@ -91,12 +91,11 @@ def run(run):
                                       for p in ("redteam", "helpful", "lookalike")):
             log.warning("AdvBench is in the training pool, so it is not used for evaluation")
             continue
-        try:
-            suites[name] = load_suite(name, cfg.suite_limit)
-        except CharterError as e:  # a named public suite whose data is not on this machine: said, not fatal
-            if name not in TARGETS:
-                raise
-            unavailable[name] = str(e)
+        rows, missing = load_if_present(name, cfg.suite_limit)  # absent data is said, not fatal
+        if missing:
+            unavailable[name] = missing
+        else:
+            suites[name] = rows
     unavailable |= {c: why for c in cfg.capability if (why := capability_missing(c))}
     capability = [c for c in cfg.capability if c not in unavailable]
     for name, why in unavailable.items():

@@ -47,10 +47,12 @@ def run(run):
     rng = random.Random(run.cfg.seed + 1)
     rng.shuffle(prompts)
     rows = [{**p, "id": f"{p['id']}#{k}"} for k in range(cfg.per_prompt) for p in prompts][: cfg.max_pairs]
-    params = GenParams(cfg.max_new_tokens, cfg.temperature, 0.95, run.cfg.seed, cfg.batch_size)
+    def params(offset=0):
+        return GenParams(cfg.max_new_tokens, cfg.temperature, 0.95, run.cfg.seed + offset, cfg.batch_size)
+
     if cfg.samples > 2:
         keep = ("id", "prompt", "label", "category", "pool", "a", "b", "reward_a", "reward_b")
-        chosen = best_and_worst(run, rows, params)
+        chosen = best_and_worst(run, rows, params())
         rewrite(run, PAIRS, [{k: r[k] for k in keep} | {"model": SFT_MODEL, "model_b": SFT_MODEL} for r in chosen],
                 "pairs")
         return {"pairs": len(chosen), "prompts_without_pair": len(rows) - len(chosen)}
@@ -61,8 +63,7 @@ def run(run):
     for side, offset in (("a", 0), ("b", 50021)):
         if side in sides:
             continue
-        params = GenParams(cfg.max_new_tokens, cfg.temperature, 0.95, run.cfg.seed + offset, cfg.batch_size)
-        got = generate_into(run, "pairs", run.path(PAIRS_A if side == "a" else PAIRS_B), rows, "sft", params,
+        got = generate_into(run, "pairs", run.path(PAIRS_A if side == "a" else PAIRS_B), rows, "sft", params(offset),
                             desc=f"pairs ({side})")
         sides[side] = {r["id"]: r["response"] for r in got}
     rewrite(run, PAIRS, [{k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |

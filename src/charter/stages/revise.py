@@ -84,10 +84,15 @@ def revise_chunk(run, chunk) -> list[dict]:
                                  {"role": "user", "content": p.revision}, {"role": "assistant", "content": v}]
     finals = [t[-1]["revision"] if t else r["response"] for r, t in zip(chunk, traces)]
     checks = _check(run, chunk, finals, [t[-1]["principle"] if t else None for t in traces])
-    return [run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
-                      {"initial": r["response"], "rounds": t, "model_revision": final,
-                       "revision": text, "revision_source": source, "p_revision_better": p_rev}, "revise")
-            for r, t, final, (text, source, p_rev) in zip(chunk, traces, finals, checks)]
+    return [_record(run, r, t, final, check) for r, t, final, check in zip(chunk, traces, finals, checks)]
+
+
+def _record(run, rec, rounds, model_revision, check) -> dict:
+    """The revise record of one initial response: its trace, and the target the check chose."""
+    text, source, p = check
+    return run.stamp({k: rec[k] for k in ("id", "prompt", "label", "category", "pool")} |
+                     {"initial": rec["response"], "rounds": rounds, "model_revision": model_revision,
+                      "revision": text, "revision_source": source, "p_revision_better": p}, "revise")
 
 
 def decline_chunk(run, chunk) -> list[dict]:
@@ -95,10 +100,7 @@ def decline_chunk(run, chunk) -> list[dict]:
     fallback (the decline text of the principle the supervisor judges by) as the target."""
     checks = _check(run, chunk, [r["response"] for r in chunk],
                     [run.constitution.sample(f"{r['id']}:0", run.cfg.seed, kind="harm").id for r in chunk])
-    return [run.stamp({k: r[k] for k in ("id", "prompt", "label", "category", "pool")} |
-                      {"initial": r["response"], "rounds": [], "model_revision": None, "revision": text,
-                       "revision_source": source, "p_revision_better": p}, "revise")
-            for r, (text, source, p) in zip(chunk, checks)]
+    return [_record(run, r, [], None, check) for r, check in zip(chunk, checks)]
 
 
 def run(run):

@@ -22,7 +22,7 @@ import json
 from .. import records
 from ..evals.refusal import is_refusal
 from ..supervise.reward import request_scorer, two_sided
-from ..train import fit, last_checkpoint
+from ..train import fit, last_checkpoint, work_dir
 from .common import CALIBRATION, RL_MODEL, RL_PROGRESS, SFT_MODEL, messages, train_prompts
 
 INPUTS = [CALIBRATION, SFT_MODEL]  # and DPO's model when the run trains one (`start_role`)
@@ -69,7 +69,7 @@ def train(run, rows, reward_funcs, start: str, name: str = "rl") -> dict:
     cfg = run.cfg.rl
     progress = run.path(RL_PROGRESS)
     progress.parent.mkdir(parents=True, exist_ok=True)
-    if last_checkpoint(run.path("models", f".{name}-work")) is None:
+    if last_checkpoint(work_dir(run, name)) is None:
         progress.unlink(missing_ok=True)  # a fresh start, not a resume: an earlier attempt's log goes
     return fit(run, GRPOTrainer, GRPOConfig, cfg, rows, start, name, resume=True,
                trainer_kw={"reward_funcs": reward_funcs, "callbacks": [progress_callback(progress, cfg.log_every)]},

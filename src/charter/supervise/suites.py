@@ -14,11 +14,9 @@ intervals, F1 with a bootstrap interval, and ROC AUC where both labels are prese
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
-from ..errors import CharterError
 from ..evals.core import wilson
-from ..evals.suites import load_suite as load  # one suite registry serves the policy's evals and these
+from ..evals.suites import load_if_present, load_suite as load  # one suite registry serves the policy's evals and these
 from ..prompts import shared_data
 
 DEFAULT_SUITES = ("dev", "xstest", "harmbench", "jailbreak", "jailbreak-benign")
@@ -68,18 +66,15 @@ def score(rows, p_harm, threshold=0.5, seed=0) -> dict:
     return res
 
 
-def evaluate(supervisor, names=DEFAULT_SUITES, limit=None, seed=0, skip_missing=True, log=None) -> dict:
+def evaluate(supervisor, names=DEFAULT_SUITES, limit=None, seed=0, log=None) -> dict:
     """Score the supervisor's request classifier on each suite; a missing public suite is skipped (noted)."""
     out = {}
     for name in names:
-        try:
-            rows = load(name, limit)
-        except CharterError as e:
-            if not skip_missing or name not in DEFAULT_SUITES or Path(name).exists():
-                raise
-            out[name] = {"skipped": str(e)}
+        rows, missing = load_if_present(name, limit, optional=DEFAULT_SUITES)
+        if missing:
+            out[name] = {"skipped": missing}
             if log:
-                log.warning("calibration suite %s skipped: %s", name, e)
+                log.warning("calibration suite %s skipped: %s", name, missing)
             continue
         out[name] = score(rows, supervisor.request_harm([r["prompt"] for r in rows]), supervisor.threshold, seed)
     return out
