@@ -78,8 +78,9 @@ def smoke_run(tmp_path_factory):
                    cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True, capture_output=True, timeout=1200)
     # --force, as `make smoke` does: a retrained supervisor can land either side of the 90% gate
     # (CPU training is not bit-reproducible), and these tests are about the pipeline's mechanics.
+    # cache=false: the crash harness times its kills by this run's stages, so they must really generate.
     r = subprocess.run([sys.executable, "-m", "charter.cli", "run", str(ROOT / "configs" / "smoke.yaml"), "--out",
-                        str(out), "--force"], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                        str(out), "--force", "cache=false"], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                        capture_output=True, text=True, timeout=2400)
     assert r.returncode == 0, r.stderr[-3000:]
     return out

@@ -296,6 +296,10 @@ class RunConfig(Section):
     records are the same either way, so a run may switch executor and resume."""
     tracking: TrackingConfig = TrackingConfig()
     """Where training curves and stage metrics are also sent. Not part of the config hash either."""
+    cache: bool = True
+    """Reuse generations across runs, keyed by the model's weights, the messages and the sampling parameters
+    (`$CHARTER_CACHE/generations`): a second run of one base model does not generate its answers again. Not
+    part of the config hash: a cached answer is the one the model would give."""
 
     def hash(self) -> str:
         """Hash of the settings that shape the records: values left at their defaults are left out, so a
@@ -303,6 +307,7 @@ class RunConfig(Section):
         d = _changed(self.model_dump(), RunConfig().model_dump())
         d.pop("executor", None)
         d.pop("tracking", None)
+        d.pop("cache", None)
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -84,6 +84,7 @@ class Run:
         self.constitution = load_constitution(cfg.constitution)
         self._backends = {}
         self._truncated = 0  # prompts the released backends cut to fit their context, for the manifest
+        self._cached = 0  # generate calls the released backends answered from the generation cache
         self.manifest_path = self.dir / MANIFEST
         self.manifest = {}
         if self.manifest_path.exists():
@@ -133,6 +134,10 @@ class Run:
 
             self.release()  # keep one model in memory at a time
             backend = get_backend(spec, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code)
+            if self.cfg.cache:
+                from .backends.cache import cached
+
+                backend = cached(backend, spec)
             if role in TRAINED:  # records name models relative to the run directory
                 backend.name = f"models/{role}"
             self._backends[spec] = backend
@@ -149,6 +154,7 @@ class Run:
     def release(self):
         for b in self._backends.values():
             self._truncated += getattr(b, "truncated", 0)
+            self._cached += getattr(b, "hits", 0)  # a CachedBackend's generate calls answered from the cache
             if hasattr(b, "close"):  # engines that hold GPU memory outside Python's reach (vLLM)
                 b.close()
         self._backends.clear()
@@ -214,11 +220,13 @@ class Run:
             self.save_manifest()
             reset_peak_rss()
             t0 = time.time()
-            self._truncated = 0
+            self._truncated = self._cached = 0
             counts = mod.run(self) or {}
             self.release()
             if self._truncated:
                 counts["truncated_prompts"] = self._truncated
+            if self._cached:
+                counts["cached_batches"] = self._cached
             if counts.get("gate_override"):  # a forced gate concerns the whole run, so it heads the manifest
                 self.manifest["gate_override"] = counts["gate_override"]
             info.update(status="done", seconds=round(time.time() - t0, 1),

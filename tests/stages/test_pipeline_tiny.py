@@ -34,7 +34,8 @@ def tiny_cfg(tmp_path, model, extra=()):
 
 def tiny_overrides(model):
     return [
-        f"model={model}", "device=cpu",
+        # cache=false: every test generates for real (tests/stages/test_generation_cache.py tests the cache)
+        f"model={model}", "device=cpu", "cache=false",
         "pools.redteam.limit=6", "pools.helpful.limit=3", "pools.lookalike.limit=3",
         "generate.max_new_tokens=8", "generate.batch_size=4",
         "revise.rounds=2", "revise.min_keep=0", "revise.critique_tokens=6", "revise.revision_tokens=8", "revise.batch_size=4",

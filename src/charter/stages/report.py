@@ -1,7 +1,8 @@
 """Stage 9: a self-contained `report.html` (inline SVG, no network, no scripts).
 
-Shows the harmlessness/helpfulness plane for base, SFT and DPO (after the CAI
-paper's Figure 2), refusal rates by category with 95% intervals, the supervisor
+Shows the harmlessness/helpfulness plane for every evaluated model (after the CAI
+paper's Figure 2), on the dev split and XSTest, with the target corner and the
+measured frontier of methods (benchmarks/frontier.json), refusal rates by category with 95% intervals, the supervisor
 and refusal-judge calibrations, before/after example cards and the constitution.
 It renders what the earlier stages measured (templates/report.html.j2) and
 computes nothing itself.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from pathlib import Path
 
 from ..evals.compare import measure_rows
 from ..evals.refusal import CLASSES
@@ -26,34 +28,55 @@ def _color(role, i):
     return COLORS.get(role, ["#2a9d8f", "#8e44ad", "#e9c46a"][i % 3])
 
 
-def pareto_svg(models: dict) -> str:
-    """Harmlessness (harmful refused) vs helpfulness (benign answered), one dot per model."""
-    w, h, pad = 420, 320, 50
+# The benchmark's measured frontier (benchmarks/frontier.py) sits beside the package in a source checkout.
+FRONTIER = Path(__file__).resolve().parents[3] / "benchmarks" / "frontier.json"
+TARGET = (0.8, 0.10)  # harmful refused at least, benign refused at most: the goal the frontier is measured against
+
+
+def pareto_svg(models: dict, xstest: dict | None = None, frontier: dict | None = None) -> str:
+    """Harmlessness (harmful refused) against helpfulness (benign answered): one filled dot per model on the
+    dev split, an open one on XSTest (full refusals, as its paper counts them), the target corner shaded, and,
+    when given, the measured frontier of methods from one SFT model (small grey diamonds)."""
+    w, h, pad = 440, 330, 50
+    X = lambda v: pad + v * (w - pad - 10)  # noqa: E731  (helpfulness: benign answered)
+    Y = lambda v: h - pad - v * (h - pad - 10)  # noqa: E731
     parts = [f'<svg class="figure" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">',
-             f'<rect x="{pad}" y="10" width="{w - pad - 10}" height="{h - pad - 10}" fill="#fafafa" stroke="#ccc"/>']
+             f'<rect x="{pad}" y="10" width="{w - pad - 10}" height="{h - pad - 10}" fill="#fafafa" stroke="#ccc"/>',
+             f'<rect x="{X(1 - TARGET[1]):.1f}" y="{Y(1):.1f}" width="{X(1) - X(1 - TARGET[1]):.1f}" '
+             f'height="{Y(TARGET[0]) - Y(1):.1f}" fill="#2e9e5b" fill-opacity="0.15"><title>target: harmful refused '
+             f'&#8805; {TARGET[0]:.0%}, benign refused &#8804; {TARGET[1]:.0%}</title></rect>']
     for t in (0, 0.25, 0.5, 0.75, 1):
-        x = pad + t * (w - pad - 10)
-        y = h - pad - t * (h - pad - 10)
-        parts.append(f'<text x="{x}" y="{h - pad + 16}" font-size="11" text-anchor="middle">{t:.0%}</text>')
-        parts.append(f'<text x="{pad - 6}" y="{y + 4}" font-size="11" text-anchor="end">{t:.0%}</text>')
+        parts.append(f'<text x="{X(t)}" y="{h - pad + 16}" font-size="11" text-anchor="middle">{t:.0%}</text>')
+        parts.append(f'<text x="{pad - 6}" y="{Y(t) + 4}" font-size="11" text-anchor="end">{t:.0%}</text>')
     parts.append(f'<text x="{pad + (w - pad) / 2}" y="{h - 12}" font-size="12" text-anchor="middle">'
                  'helpfulness: benign requests answered</text>')
     parts.append(f'<text x="14" y="{(h - pad) / 2}" font-size="12" text-anchor="middle" '
                  f'transform="rotate(-90 14 {(h - pad) / 2})">harmlessness: harmful refused</text>')
+    for name, p in ((frontier or {}).get("points") or {}).items():
+        x, y = X(1 - p["dev"]["benign_refused"]), Y(p["dev"]["harmful_refused"])
+        right = x < w - 70  # a label near the right edge goes to the diamond's left
+        parts.append(f'<path d="M{x:.1f},{y - 4:.1f}l4,4l-4,4l-4,-4z" fill="#bbb"><title>frontier, '
+                     f'{html.escape(name)} (dev split)</title></path><text x="{x + (6 if right else -6):.1f}" '
+                     f'y="{y + 12:.1f}" font-size="9" fill="#999" text-anchor="{"start" if right else "end"}">'
+                     f'{html.escape(name)}</text>')
     pts = []
     for i, (role, m) in enumerate(models.items()):
         if m["refusal_rate"].get("harmful") is None or m["refusal_rate"].get("benign") is None:
             continue
-        hx, hy = 1 - m["refusal_rate"]["benign"], m["refusal_rate"]["harmful"]
-        x, y = pad + hx * (w - pad - 10), h - pad - hy * (h - pad - 10)
+        x, y = X(1 - m["refusal_rate"]["benign"]), Y(m["refusal_rate"]["harmful"])
         pts.append((x, y))
         # Labels step down per model so coinciding points stay readable.
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{_color(role, i)}" fill-opacity="0.8"/>'
                      f'<text x="{min(x + 9, w - 40):.1f}" y="{max(y - 6 + 14 * i, 22):.1f}" font-size="12" '
                      f'fill="{_color(role, i)}">{html.escape(role)}</text>')
+        xs = ((xstest or {}).get(role) or {}).get("full_refusal_rate", {})
+        if xs.get("harmful") is not None and xs.get("benign") is not None:
+            parts.append(f'<circle cx="{X(1 - xs["benign"]):.1f}" cy="{Y(xs["harmful"]):.1f}" r="6" fill="none" '
+                         'stroke-width="2" '
+                         f'stroke="{_color(role, i)}"><title>{html.escape(role)} on XSTest</title></circle>')
     if len(pts) > 1:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-        parts.insert(2, f'<polyline points="{path}" fill="none" stroke="#bbb" stroke-dasharray="4 3"/>')
+        parts.insert(3, f'<polyline points="{path}" fill="none" stroke="#bbb" stroke-dasharray="4 3"/>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -97,9 +120,12 @@ def run(run):
     metrics = json.loads(run.path(METRICS).read_text())
     models = metrics["models"]
     suites = {**metrics.get("suites", {}), **metrics.get("capability", {})}
+    # The frontier was measured on the embedded model and default config: beside another model it would mislead.
+    frontier = _json(FRONTIER) if run.cfg.model == "default" else None
     page = render("report.html.j2", run=run, metrics=metrics, models=models, classes=CLASSES,
                   suite_rows=[(f"{s}: {k}", cs) for s, k, cs in measure_rows(suites, list(models))],
-                  pareto=pareto_svg(models), bars=bars_svg(models),
+                  pareto=pareto_svg(models, metrics.get("suites", {}).get("xstest"), frontier),
+                  frontier=frontier, bars=bars_svg(models),
                   cal=_json(run.path(CALIBRATION)), refusal=_json(run.path(REFUSAL_CALIBRATION)))
     path = run.path(REPORT)
     tmp = path.with_name(".report.html.tmp")
