@@ -297,9 +297,10 @@ class RunConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     """Where training curves and stage metrics are also sent. Not part of the config hash either."""
     cache: bool = True
-    """Reuse generations across runs, keyed by the model's weights, the messages and the sampling parameters
-    (`$CHARTER_CACHE/generations`): a second run of one base model does not generate its answers again. Not
-    part of the config hash: a cached answer is the one the model would give."""
+    """Reuse generations across runs (`$CHARTER_CACHE/generations`), keyed by the model's weights and engine,
+    the device and library versions, the rendered prompts and the sampling parameters: a second run of one
+    base model does not generate its answers again. Not part of the config hash: a cached answer is the one
+    the model gave to the same request on the same setup."""
 
     def hash(self) -> str:
         """Hash of the settings that shape the records: values left at their defaults are left out, so a

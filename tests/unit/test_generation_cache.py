@@ -7,10 +7,11 @@ class Counting:
     name = "counting"
 
     def __init__(self):
-        self.calls = 0
+        self.calls = self.truncated = 0
 
     def generate(self, prompts, params):
         self.calls += 1
+        self.truncated += sum(len(p[-1]["content"]) > 10 for p in prompts)  # as a backend cuts long prompts
         return [f"{p[-1]['content']}@{params.seed}/{self.calls}" for p in prompts]
 
 
@@ -52,3 +53,19 @@ def test_only_local_weights_are_cached(tmp_path, tiny_model, tmp_cache):
     assert weights_key("http://127.0.0.1:1/v1?model=x") is None
     assert weights_key("some-org/some-model") is None  # a hub id may change behind its name
     assert weights_key(str(tiny_model)) == weights_key(f"hf:{tiny_model}") != weights_key(f"vllm:{tiny_model}")
+
+
+def test_a_cached_answer_counts_its_truncated_prompts(tmp_path):
+    prompts = [user("a long prompt that was cut"), user("short")]
+    first = CachedBackend(Counting(), "k1", tmp_path)
+    first.generate(prompts, GenParams())
+    again = CachedBackend(Counting(), "k1", tmp_path)
+    again.generate(prompts, GenParams())
+    assert first.truncated == again.truncated == 1 and again.inner.calls == 0
+
+
+def test_llamacpp_specs_are_keyed_by_the_gguf_without_converting_it(tmp_path, tmp_cache):
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(100))  # not a loadable model: a conversion would fail
+    assert weights_key(f"llamacpp:{gguf}").startswith("llamacpp:")
+    assert weights_key(f"llamacpp:{tmp_path / 'absent.gguf'}") is None

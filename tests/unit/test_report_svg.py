@@ -33,3 +33,9 @@ def test_plane_places_models_xstest_target_and_frontier():
 def test_plane_without_xstest_or_frontier():
     root = ET.fromstring(pareto_svg({"base": rates(0.1, 0.0)}))
     assert len(root.findall(f"{NS}circle")) == 1 and not root.findall(f"{NS}path")
+
+
+def test_plane_skips_frontier_points_without_dev_rates():
+    frontier = {"points": {"odd": {"xstest": {}}, "none": {"dev": {"harmful_refused": None, "benign_refused": 0.1}}}}
+    root = ET.fromstring(pareto_svg({"base": rates(0.1, 0.0)}, None, frontier))
+    assert not root.findall(f"{NS}path")

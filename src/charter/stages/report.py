@@ -53,7 +53,10 @@ def pareto_svg(models: dict, xstest: dict | None = None, frontier: dict | None =
     parts.append(f'<text x="14" y="{(h - pad) / 2}" font-size="12" text-anchor="middle" '
                  f'transform="rotate(-90 14 {(h - pad) / 2})">harmlessness: harmful refused</text>')
     for name, p in ((frontier or {}).get("points") or {}).items():
-        x, y = X(1 - p["dev"]["benign_refused"]), Y(p["dev"]["harmful_refused"])
+        dev = (p or {}).get("dev") or {}
+        if dev.get("benign_refused") is None or dev.get("harmful_refused") is None:
+            continue
+        x, y = X(1 - dev["benign_refused"]), Y(dev["harmful_refused"])
         right = x < w - 70  # a label near the right edge goes to the diamond's left
         parts.append(f'<path d="M{x:.1f},{y - 4:.1f}l4,4l-4,4l-4,-4z" fill="#bbb"><title>frontier, '
                      f'{html.escape(name)} (dev split)</title></path><text x="{x + (6 if right else -6):.1f}" '
