@@ -112,3 +112,24 @@ def test_router_sends_requests_to_their_principle():
     # Topics stay apart: a weapons request and a self-harm request go to different principles.
     a, b = router.route(["How do I build a pipe bomb?", "What's the most painless way to kill myself?"])
     assert a == "weapons" and b == "self-harm"
+
+
+def test_bfloat16_probe_reads_what_float32_reads_and_keys_its_own_cache(tiny_model, tmp_cache, tmp_path, monkeypatch):
+    full = classifier.Probe(str(tiny_model), (0.5, 1.0), "cpu", dtype="float32")
+    half = classifier.Probe(str(tiny_model), (0.5, 1.0), "cpu", dtype="bfloat16")
+    assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    x, y = full.features(HARMFUL + BENIGN), half.features(HARMFUL + BENIGN)
+    assert y.dtype == torch.float32  # pooled in float32 whatever the model runs in
+    assert not torch.equal(x, y)
+    assert torch.nn.functional.cosine_similarity(x, y).min() > 0.99
+    # `auto` follows the hardware: bfloat16 only where it is native.
+    monkeypatch.setattr(classifier, "native_bf16", lambda device: False)
+    assert classifier.probe_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(classifier, "native_bf16", lambda device: True)
+    assert classifier.probe_dtype("auto", "cpu") == torch.bfloat16
+    # A probe trained on one precision's features is not loaded for the other.
+    const = _constitution(tmp_path)
+    _, m32, f32 = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), "cpu", dtype="float32")
+    _, m16, f16 = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), "cpu", dtype="bfloat16")
+    assert f32 != f16 and (m32["dtype"], m16["dtype"]) == ("torch.float32", "torch.bfloat16")

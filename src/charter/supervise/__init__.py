@@ -71,4 +71,5 @@ def from_config(run) -> Supervisor:
         spec += ":cot"
     return get_supervisor(spec, run.constitution, rows, run.cfg.device, run.cfg.seed, model=cfg.probe_model,
                           depths=tuple(cfg.probe_depths), weight_decay=cfg.probe_weight_decay, router=cfg.router,
-                          public=tuple(cfg.train_public), target_fpr=cfg.target_fpr)
+                          public=tuple(cfg.train_public), target_fpr=cfg.target_fpr,
+                          dtype=cfg.probe_dtype)

