@@ -119,6 +119,9 @@ def test_bfloat16_probe_reads_what_float32_reads_and_keys_its_own_cache(tiny_mod
     half = classifier.Probe(str(tiny_model), (0.5, 1.0), "cpu", dtype="bfloat16")
     assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
     assert next(half.model.parameters()).dtype == torch.bfloat16
+    # Loaded in bfloat16, not cast to it: the rotary frequencies stay float32, so long requests keep exact positions.
+    rotary = [b for n, b in half.model.named_buffers() if "inv_freq" in n]
+    assert rotary and all(b.dtype == torch.float32 for b in rotary)
     x, y = full.features(HARMFUL + BENIGN), half.features(HARMFUL + BENIGN)
     assert y.dtype == torch.float32  # pooled in float32 whatever the model runs in
     assert not torch.equal(x, y)

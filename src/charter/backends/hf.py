@@ -46,8 +46,9 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False):
-    """Load (model, tokenizer, resolved_path); errors name the spec."""
+def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False, dtype=torch.float32):
+    """Load (model, tokenizer, resolved_path); errors name the spec. Loading in `dtype`, rather than casting
+    afterwards, keeps buffers such as the rotary frequencies in float32, where positions stay exact."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(spec)
@@ -56,7 +57,7 @@ def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code)
+                path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise CharterError(f"model {spec!r}: cannot load ({str(e).splitlines()[0]}); "
                            "give `default`, a local folder, a .gguf file or a reachable hub id") from None

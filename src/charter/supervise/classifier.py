@@ -93,11 +93,10 @@ class Probe:
 
     def __init__(self, model: str, depths=(0.5, 0.667, 0.833), device: str = "auto", max_tokens: int | None = None,
                  dtype: str = "auto"):
-        from ..backends.hf import load_model
+        from ..backends.hf import load_model, pick_device
 
-        self.model, self.tok, _ = load_model(model, device)
-        self.dtype = probe_dtype(dtype, self.model.device)
-        self.model.to(self.dtype).eval()
+        self.dtype = probe_dtype(dtype, pick_device(device))
+        self.model, self.tok, _ = load_model(model, device, dtype=self.dtype)
         n_layers = self.model.config.num_hidden_layers
         if isinstance(depths, (int, float)):
             depths = (depths,)
@@ -284,7 +283,7 @@ def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public,
         raise CharterError("supervisor: training data needs both harmful and benign requests "
                            "(check the constitution's examples and the prompt pools)")
     probe = Probe(model, depths, device, dtype=dtype)
-    key = hashlib.sha256(json.dumps(["probe-v3", texts, labels, weights, models.model_key(models.resolve_model(model)),
+    key = hashlib.sha256(json.dumps(["probe-v4", texts, labels, weights, models.model_key(models.resolve_model(model)),
                                      probe.layers, weight_decay, str(probe.dtype)]).encode()).hexdigest()[:16]
     folder = models.cache_dir() / "supervisors" / f"probe-{key}"
     weights_file = folder / "probe.safetensors"
