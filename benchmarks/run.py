@@ -51,7 +51,7 @@ def bench_generation(backend, prompts, max_new, runs=(("naive", 1), ("batched", 
         secs = time.time() - t0
         # Tokens generated, counted with the model's tokenizer (end-of-turn tokens excluded).
         toks = sum(len(backend.tok(t, add_special_tokens=False).input_ids) for t in texts)
-        out[name] = {"seconds": round(secs, 2), "tokens": toks, "tok_s": round(toks / secs, 1)}
+        out[name] = {"seconds": round(secs, 2), "tokens": toks, "tok_s": round(toks / secs, 1), "texts": texts}
     return out
 
 
@@ -85,7 +85,7 @@ def bench_labelling(backend, constitution, items):
     return {"fast_pairs_s": round(len(items) / fast, 2), "naive_pairs_s": round(len(items) / naive, 2)}
 
 
-def bench_training(model_dir, steps):
+def bench_training(model_dir, steps, precision="float32"):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
@@ -101,7 +101,7 @@ def bench_training(model_dir, steps):
     n_params = sum(p.numel() for p in model.parameters())
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}],
                              "completion": [{"role": "assistant", "content": answer}]} for p in prompts])
-    tr = SFTTrainer(model=model, args=trl_args(SFTConfig, cfg, "/tmp/charter-bench-sft", 0, "cpu"),
+    tr = SFTTrainer(model=model, args=trl_args(SFTConfig, cfg, "/tmp/charter-bench-sft", 0, "cpu", precision=precision),
                     train_dataset=ds, processing_class=tok)
     out["sft"] = train_stats(tr, timed_train(tr), n_params)
     model, tok = load_trainable(model_dir, "cpu")
@@ -110,7 +110,7 @@ def bench_training(model_dir, steps):
                              "rejected": [{"role": "assistant", "content": "I can't help with that."}]}
                             for p in prompts])
     tr = DPOTrainer(model=model, args=trl_args(DPOConfig, cfg, "/tmp/charter-bench-dpo", 0, "cpu",
-                                               precompute_ref_log_probs=True), train_dataset=ds, processing_class=tok)
+                                               precision=precision, precompute_ref_log_probs=True), train_dataset=ds, processing_class=tok)
     out["dpo"] = train_stats(tr, timed_train(tr), n_params)
     out["params"] = n_params
     return out
@@ -130,7 +130,7 @@ def main():
 
     n_gen, n_lab, steps = (64, 16, 3) if a.quick else (128, 32, 8)
     prompts = [p["prompt"] for p in dev_prompts()][:n_gen]
-    backend = get_backend("default", device="cpu", progress=False)
+    backend = get_backend("default", device="cpu", progress=False, precision="float32")  # see precision.py
     gen = bench_generation(backend, prompts, 48)
     items = [{"id": i, "prompt": p, "a": "Sure, here is how: first do this, then that.",
               "b": "I'm sorry, but I can't help with that."} for i, p in enumerate(prompts[:n_lab])]

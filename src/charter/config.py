@@ -271,6 +271,11 @@ class RunConfig(Section):
     """Seed for sampling principles, shuffles and generation."""
     device: str = "auto"
     """`auto`, `cpu` or `cuda`."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The precision the model generates in and trains with (transformers engine). `auto`: bfloat16 where the
+    hardware computes it natively (recent x86 CPUs, most GPUs), else float32. Training keeps float32 weights
+    and computes in bfloat16 (autocast). Generated text differs from float32's where two tokens nearly tie,
+    so the generation cache keys it."""
     system_prompt: Optional[str] = None
     """Optional system message for every generation."""
     trust_remote_code: bool = False

@@ -133,7 +133,8 @@ class Run:
             from .backends import get_backend
 
             self.release()  # keep one model in memory at a time
-            backend = get_backend(spec, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code)
+            backend = get_backend(spec, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code,
+                                  precision=self.cfg.precision)
             if self.cfg.cache:
                 from .backends.cache import cached
 

@@ -1,7 +1,8 @@
 """One trainer skeleton for every training stage (SFT, DPO, RL), with CPU-correct defaults.
 
-TRL's own defaults turn on bf16 autocast and gradient checkpointing, which are
-slow on a CPU (see README, "Speed"), so both are set explicitly. Models are saved
+TRL's own defaults turn on gradient checkpointing, which is slow on a CPU (see
+README, "Speed"), and bf16 autocast whatever the hardware, so both are set
+explicitly: autocast only where bfloat16 is native (`precision`). Models are saved
 as safetensors to a temporary folder and renamed into place, so a crash never
 leaves a half-written model.
 """
@@ -16,14 +17,16 @@ from pathlib import Path
 
 import torch
 
-from .backends.hf import load_tokenizer, pick_device
+from .backends.hf import load_tokenizer, pick_device, resolve_dtype
 
 log = logging.getLogger("charter")
 
 
-def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), **extra):
+def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), precision: str = "auto", **extra):
     """TRL config `cls` from a stage's config; `extra` adds or overrides arguments."""
     on_cpu = pick_device(device) == "cpu"
+    # Weights and optimiser stay float32; autocast computes the matrix products in bfloat16.
+    bf16 = resolve_dtype(precision, pick_device(device)) == torch.bfloat16
     kw = dict(
         output_dir=str(out_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -37,7 +40,7 @@ def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), **extra):
         save_strategy="no",
         report_to=list(report_to),  # trackers from the `tracking` section; none by default
         seed=seed,
-        bf16=False,  # no bf16 autocast: slow on CPU, and fp32 is what we measured
+        bf16=bf16,
         fp16=False,
         gradient_checkpointing=False,  # memory is not the limit for these sizes; time is
         use_cpu=on_cpu,
@@ -113,7 +116,8 @@ def fit(run, trainer_cls, args_cls, cfg, rows, start: str, name: str, trainer_kw
     model, tok = load_trainable(run.model_spec_resolved(start), run.cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
     work = work_dir(run, name)
-    args = trl_args(args_cls, cfg, work, run.cfg.seed, run.cfg.device, **tracking.trl_kwargs(run, name), **extra)
+    args = trl_args(args_cls, cfg, work, run.cfg.seed, run.cfg.device, precision=run.cfg.precision,
+                    **tracking.trl_kwargs(run, name), **extra)
     with tracking.trainer_env(run, name):
         trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                               peft_config=lora_config(cfg), **(trainer_kw or {}))

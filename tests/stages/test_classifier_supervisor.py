@@ -127,10 +127,12 @@ def test_bfloat16_probe_reads_what_float32_reads_and_keys_its_own_cache(tiny_mod
     assert not torch.equal(x, y)
     assert torch.nn.functional.cosine_similarity(x, y).min() > 0.99
     # `auto` follows the hardware: bfloat16 only where it is native.
-    monkeypatch.setattr(classifier, "native_bf16", lambda device: False)
-    assert classifier.probe_dtype("auto", "cpu") == torch.float32
-    monkeypatch.setattr(classifier, "native_bf16", lambda device: True)
-    assert classifier.probe_dtype("auto", "cpu") == torch.bfloat16
+    from charter.backends import hf
+
+    monkeypatch.setattr(hf, "native_bf16", lambda device: False)
+    assert hf.resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(hf, "native_bf16", lambda device: True)
+    assert hf.resolve_dtype("auto", "cpu") == torch.bfloat16
     # A probe trained on one precision's features is not loaded for the other.
     const = _constitution(tmp_path)
     _, m32, f32 = classifier._train_or_load(const, [], str(tiny_model), (1.0,), 0.01, (), "cpu", dtype="float32")

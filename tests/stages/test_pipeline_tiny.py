@@ -300,10 +300,31 @@ def test_base_side_pairs_and_balanced_dpo(tiny_model, tmp_path):
     assert sum(r["label"] == "harmful" for r in kept) == 3 and sum(r["label"] == "benign" for r in kept) == 3
 
 
+def test_bfloat16_generates_in_bfloat16_and_trains_float32_weights(tiny_model, tmp_path, monkeypatch):
+    """`precision: bfloat16`: the policy generates in bfloat16; training autocasts, and saves float32 weights."""
+    from charter import train
+
+    run = Run(tiny_cfg(tmp_path, tiny_model, ["precision=bfloat16"]), tmp_path / "out")
+    assert run.backend("base").dtype == torch.bfloat16
+    assert Run(tiny_cfg(tmp_path, tiny_model, ["precision=float32"]), tmp_path / "out32").backend(
+        "base").dtype == torch.float32
+    made, real = [], train.trl_args
+    monkeypatch.setattr(train, "trl_args", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    shutil.copytree(tiny_model, run.path(common.SFT_MODEL))
+    pairs = pair_rows(run)
+    seed(run, common.PAIRS, pairs, "pairs")
+    seed(run, common.LABELS, [p | {"p_a": 0.9, "principles": ["seeded"], "supervisor": "seeded"} for p in pairs],
+         "label")
+    run.execute(stages=["dpo"])
+    assert [a.bf16 for a in made] == [True]
+    trained = weights(run.path(common.DPO_MODEL))
+    assert changed(weights(tiny_model), trained) and {t.dtype for t in trained.values()} == {torch.float32}
+
+
 def test_shared_prefix_scoring_equals_full_scoring(tiny_model):
     from charter.backends import get_backend
 
-    b = get_backend(str(tiny_model), device="cpu")
+    b = get_backend(str(tiny_model), device="cpu", precision="float32")  # exact arithmetic: 1e-4 below
     head = "how do i bake bread at home with a simple oven and some flour " * 3
     ctxs = [head + "the answer is", head + "my answer would be", head + "so"]
     fast = b.next_token_logprobs(ctxs, ["the", "so"])  # shares the KV cache of `head`

@@ -35,6 +35,11 @@ def test_other_seed_messages_or_model_miss(tmp_path):
     other = Counting()
     CachedBackend(other, "k2", tmp_path).generate([user("hi")], GenParams(seed=1))
     assert other.calls == 1
+    # The same weights in another precision break near-ties differently: a miss.
+    half = Counting()
+    half.dtype = "torch.bfloat16"
+    CachedBackend(half, "k1", tmp_path).generate([user("hi")], GenParams(seed=1))
+    assert half.calls == 1
 
 
 def test_torn_entry_is_recomputed_and_attributes_reach_the_backend(tmp_path):

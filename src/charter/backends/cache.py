@@ -69,11 +69,11 @@ class CachedBackend:
         return getattr(self.inner, "truncated", 0) + self.cached_truncated
 
     def generate(self, prompts, params):
-        # The rendered text, not the messages: a changed chat template is a different request. The device too:
-        # CPU and CUDA sample differently.
+        # The rendered text, not the messages: a changed chat template is a different request. The device and
+        # precision too: CPU and CUDA sample differently, and bfloat16 breaks near-ties otherwise than float32.
         seen = [self.inner.render(m) for m in prompts] if hasattr(self.inner, "render") else list(prompts)
-        blob = json.dumps([VERSION, self.key, str(getattr(self.inner, "device", "")), seen, asdict(params)],
-                          sort_keys=True)
+        engine = [str(getattr(self.inner, "device", "")), str(getattr(self.inner, "dtype", ""))]
+        blob = json.dumps([VERSION, self.key, *engine, seen, asdict(params)], sort_keys=True)
         digest = hashlib.sha256(blob.encode()).hexdigest()
         path = self.root / digest[:2] / f"{digest}.json"
         self.__dict__["calls"] += 1

