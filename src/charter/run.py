@@ -127,6 +127,12 @@ class Run:
 
         return resolve_model(self.model_spec(role))
 
+    def precision(self) -> str:
+        """What `precision` resolves to on this machine (`auto` differs between machines), for the manifest."""
+        from .backends.hf import pick_device, resolve_dtype
+
+        return str(resolve_dtype(self.cfg.precision, pick_device(self.cfg.device))).removeprefix("torch.")
+
     def backend(self, role: str):
         spec = self.model_spec(role)
         if spec not in self._backends:
@@ -204,7 +210,7 @@ class Run:
             charter_run=1, config=self.cfg.model_dump(), config_hash=self.cfg.hash(),
             constitution={"name": self.constitution.name, "version": self.constitution.version,
                           "path": self.constitution.path, "sha256": self.constitution.sha256},
-            constitution_hash=self.constitution.hash, versions=_versions())
+            constitution_hash=self.constitution.hash, versions=_versions(), precision=self.precision())
         if self.force:
             self.manifest["forced"] = True
         self.save_manifest()

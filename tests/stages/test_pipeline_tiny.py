@@ -305,7 +305,7 @@ def test_bfloat16_generates_in_bfloat16_and_trains_float32_weights(tiny_model, t
     from charter import train
 
     run = Run(tiny_cfg(tmp_path, tiny_model, ["precision=bfloat16"]), tmp_path / "out")
-    assert run.backend("base").dtype == torch.bfloat16
+    assert run.backend("base").dtype == torch.bfloat16 and run.precision() == "bfloat16"
     assert Run(tiny_cfg(tmp_path, tiny_model, ["precision=float32"]), tmp_path / "out32").backend(
         "base").dtype == torch.float32
     made, real = [], train.trl_args
@@ -316,7 +316,7 @@ def test_bfloat16_generates_in_bfloat16_and_trains_float32_weights(tiny_model, t
     seed(run, common.LABELS, [p | {"p_a": 0.9, "principles": ["seeded"], "supervisor": "seeded"} for p in pairs],
          "label")
     run.execute(stages=["dpo"])
-    assert [a.bf16 for a in made] == [True]
+    assert [a.bf16 for a in made] == [True] and run.manifest["precision"] == "bfloat16"
     trained = weights(run.path(common.DPO_MODEL))
     assert changed(weights(tiny_model), trained) and {t.dtype for t in trained.values()} == {torch.float32}
 
