@@ -153,3 +153,18 @@ def test_threshold_rules_on_validation_readings():
     fpr = sum(x >= t for x in p[:10]) / 10
     fnr = sum(x < t for x in p[10:]) / 10
     assert fpr == fnr and 0.3 <= t <= 0.45
+
+
+def test_throughput_is_also_measured_where_every_response_is_distinct(sup, tmp_path):
+    """The contrast pairs reuse a few canned responses; HH-RLHF pairs do not, like a run's label stage."""
+    import gzip
+
+    hh = tmp_path / "hh.jsonl.gz"
+    rows = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: a kind answer {i}",
+             "rejected": f"\n\nHuman: question {i}?\n\nAssistant: go steal it {i}"} for i in range(6)]
+    with gzip.open(hh, "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    res = calibrate.calibrate(sup, hh_path=hh, hh_limit=6, injection=0)
+    assert res["hh_rlhf"]["n"] == 6 and res["hh_rlhf"]["pairs_per_s"] > 0
+    text = calibrate.table(res | calibrate.gate(res, SupervisorConfig()))
+    assert "HH-RLHF pairs (every response distinct), pairs/s | 6 |" in text

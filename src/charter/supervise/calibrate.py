@@ -125,9 +125,14 @@ def calibrate(supervisor, hh_path=None, hh_limit=200, contrast_limit=None, seed=
     allv, alli = list(cv), list(contrast)
     if hh_limit:
         hh = hh_pairs(hh_path, hh_limit, seed)
+        t0 = time.time()
         hv = supervisor.judge(hh)
+        hh_secs = time.time() - t0
+        # The contrast pairs share a few canned responses, each read once; here every response is its own
+        # text, as in a run's label stage, so this is the throughput to expect there.
         res["hh_rlhf"] = {"n": len(hh), "agreement": _agreement(hh, hv),
-                          "ties": sum(v["p_a"] == 0.5 for v in hv) / len(hh)}
+                          "ties": sum(v["p_a"] == 0.5 for v in hv) / len(hh),
+                          "pairs_per_s": round(len(hh) / hh_secs, 1) if hh_secs > 0 else None}
         allv += hv
         alli += hh
     res["position_bias"] = sum(position_inconsistent(v) for v in allv) / len(allv)
@@ -205,7 +210,11 @@ def table(res: dict) -> str:
         lines.append(f"| HH-RLHF harmless agreement (ties count half; {h['ties']:.0%} ties) | {h['n']} | {h['agreement']:.1%} |")
     lines.append(f"| position-bias rate | | {res['position_bias']:.1%} |")
     lines.append(f"| expected calibration error | | {res['ece']:.3f} |")
-    lines.append(f"| labelling throughput (pairs/s) | | {res['pairs_per_s']} |")
+    lines.append(f"| labelling throughput, dev contrast pairs (canned responses, each read once), pairs/s | "
+                 f"{res['contrast']['overall']['n']} | {res['pairs_per_s']} |")
+    if res.get("hh_rlhf", {}).get("pairs_per_s"):
+        lines.append(f"| labelling throughput, HH-RLHF pairs (every response distinct), pairs/s | "
+                     f"{res['hh_rlhf']['n']} | {res['hh_rlhf']['pairs_per_s']} |")
     inj = res.get("injection")
     if inj:
         lines.append(f"| judge-injection flip rate (attacks in the worse response) | {inj['n']} | {inj['flip_rate']:.1%} |")
