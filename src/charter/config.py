@@ -201,7 +201,7 @@ class SupervisorConfig(Section):
     `benchmarks/supervisor_cv.py`)."""
     probe_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Classifier: the precision the probe model runs in. `auto`: bfloat16 where the hardware computes it
-    natively (recent x86 CPUs, most GPUs), where it is about twice as fast, else float32."""
+    natively (recent x86 CPUs, most GPUs), else float32 (the README measures both)."""
     train_public: list[str] = ["advbench", "strongreject"]
     """Classifier: public harmful request sets it also trains on (suite names, loaded from the shared data folder
     or the hub; skipped with a note when unavailable). Never list a set it is evaluated on."""
