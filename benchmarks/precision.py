@@ -32,7 +32,7 @@ def main():
 
     import torch
 
-    from run import bench_generation, bench_training
+    from run import bench_generation, bench_training, s_per_step
 
     from charter.backends import get_backend
     from charter.backends.hf import native_bf16
@@ -52,9 +52,8 @@ def main():
         texts[precision] = gen.pop("texts")
         del backend
         train = bench_training(resolve_model("default"), a.steps, precision)
-        res[precision] = {"generation": gen,
-                          "sft_s_per_step": round(train["sft"]["train_seconds"] / max(1, train["sft"]["steps"]), 2),
-                          "dpo_s_per_step": round(train["dpo"]["train_seconds"] / max(1, train["dpo"]["steps"]), 2)}
+        res[precision] = {"generation": gen, "sft_s_per_step": s_per_step(train["sft"]),
+                          "dpo_s_per_step": s_per_step(train["dpo"])}
     f32, b16 = res["float32"], res["bfloat16"]
     res["generation_speedup"] = round(b16["generation"]["tok_s"] / f32["generation"]["tok_s"], 2)
     res["sft_speedup"] = round(f32["sft_s_per_step"] / b16["sft_s_per_step"], 2)

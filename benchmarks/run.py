@@ -85,6 +85,11 @@ def bench_labelling(backend, constitution, items):
     return {"fast_pairs_s": round(len(items) / fast, 2), "naive_pairs_s": round(len(items) / naive, 2)}
 
 
+def s_per_step(stats) -> float:
+    """Seconds per optimiser step of one `train.train_stats` result."""
+    return round(stats["train_seconds"] / max(1, stats["steps"]), 2)
+
+
 def bench_training(model_dir, steps, precision="float32"):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
@@ -158,8 +163,8 @@ def main():
         "labeling_llamacpp_pairs_s": lab_cpp if cpp is not None else None,
         "sft_tok_s": train["sft"]["tokens_per_s"],
         "dpo_tok_s": train["dpo"]["tokens_per_s"],
-        "sft_s_per_step": round(train["sft"]["train_seconds"] / max(1, train["sft"]["steps"]), 2),
-        "dpo_s_per_step": round(train["dpo"]["train_seconds"] / max(1, train["dpo"]["steps"]), 2),
+        "sft_s_per_step": s_per_step(train["sft"]),
+        "dpo_s_per_step": s_per_step(train["dpo"]),
         "flop_fraction": round((train["sft"]["gflop_per_s"] or 0) / peak, 3),
         "quick": a.quick,
     }

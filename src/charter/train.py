@@ -24,9 +24,9 @@ log = logging.getLogger("charter")
 
 def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), precision: str = "auto", **extra):
     """TRL config `cls` from a stage's config; `extra` adds or overrides arguments."""
-    on_cpu = pick_device(device) == "cpu"
+    dev = pick_device(device)
     # Weights and optimiser stay float32; autocast computes the matrix products in bfloat16.
-    bf16 = resolve_dtype(precision, pick_device(device)) == torch.bfloat16
+    bf16 = resolve_dtype(precision, dev) == torch.bfloat16
     kw = dict(
         output_dir=str(out_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -43,7 +43,7 @@ def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), precision:
         bf16=bf16,
         fp16=False,
         gradient_checkpointing=False,  # memory is not the limit for these sizes; time is
-        use_cpu=on_cpu,
+        use_cpu=dev == "cpu",
         dataloader_num_workers=0,
         disable_tqdm=False,
         include_num_input_tokens_seen=True,  # for tokens/s and achieved FLOP/s in the manifest
