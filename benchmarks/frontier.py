@@ -9,7 +9,9 @@ runs/frontier/sft), so everything upstream is identical and the points differ on
 - `offline-dpo`: the default config's DPO (pairs of an SFT sample and the base model's answer);
 - `onpolicy-dpo`: DPO on on-policy pairs, the best and worst of 4 SFT samples under the supervisor's
   two-sided reward (`pairs.samples=4`);
-- `rl`: GRPO from the SFT model against that reward (`dpo.enabled=false rl.enabled=true`), 80 steps.
+- `rl`: GRPO from the SFT model against that reward (`dpo.enabled=false rl.enabled=true`), 80 steps;
+- `cast`: no training; the SFT model steered at generation (`cast.enabled=true`): its refusal direction is
+  projected out wherever the supervisor does not flag the request.
 Each model is evaluated on charter's dev split and, beside it, on XSTest (lexical judge, full refusals: the
 measure its paper and the Claude 3 model card use) and a GSM8K subset. Nothing here tunes anything: each
 method runs with its config as written. Writes benchmarks/frontier.json and benchmarks/frontier.svg.
@@ -43,8 +45,11 @@ METHODS = {
     "onpolicy-dpo": ["pairs.samples=4", "pairs.base_side=false"],
     # 80 steps (320 of the 524 training prompts, 4 samples each): what 2 CPU cores finish in about half an hour.
     "rl": ["dpo.enabled=false", "rl.enabled=true", "rl.max_steps=80"],
+    # Conditional activation steering of the SFT model itself: nothing trained, refusal left to the
+    # supervisor's reading of each request (`charter.steer`).
+    "cast": ["dpo.enabled=false", "cast.enabled=true"],
 }
-ROLE = {"sft": None, "offline-dpo": "dpo", "onpolicy-dpo": "dpo", "rl": "rl"}
+ROLE = {"sft": None, "offline-dpo": "dpo", "onpolicy-dpo": "dpo", "rl": "rl", "cast": "cast"}
 
 
 def evaluation(quick: bool) -> list[str]:
@@ -106,7 +111,7 @@ def point(run_dir: Path, role: str) -> dict:
                           "n": xs["n"]},
         "gsm8k": gsm and {"score": gsm["score"], "ci95": gsm["ci95"], "n": gsm["n"]},
         "train_seconds": sum(v.get("seconds", 0) for s, v in man["stages"].items()
-                             if s in ("pairs", "label", "dpo", "rl")),
+                             if s in ("pairs", "label", "dpo", "rl", "cast")),
     }
 
 

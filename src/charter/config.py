@@ -144,6 +144,33 @@ class RLConfig(TrainConfig):
     """Checkpoint every this many steps, so a killed stage resumes from the last checkpoint."""
 
 
+class CastConfig(Section):
+    """Conditional activation steering (the `cast` stage, `charter.steer`): the run's last model refuses only
+    where the supervisor flags the request. It edits activations at generation, not weights, so it is a
+    comparison point for the training methods; an exported model does not carry it."""
+
+    enabled: bool = False
+    """Run the `cast` stage and evaluate its steered model as `cast`."""
+    start: Optional[Literal["sft", "dpo", "rl"]] = None
+    """The model to steer; null: the last model this run trains."""
+    depth: float = 0.667
+    """Where the refusal direction is read and, from there on, projected out: a fraction of the layers."""
+    max_new_tokens: int = 64
+    """Length of the answers to the training prompts that tell refused from answered."""
+    temperature: float = 0.9
+    """Sampling temperature of those answers. Sampled, not greedy: a prompt the model refuses only sometimes
+    then lands on either side, so each label has refused and answered prompts to take the difference of."""
+    batch_size: int = 64
+    """Prompts per generate call."""
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v):
+        if not 0 < v <= 1:
+            raise ValueError(f"depth must be in (0, 1], got {v}")
+        return v
+
+
 class PairsConfig(Section):
     per_prompt: int = 1
     """Response pairs sampled from the SFT model per prompt."""
@@ -218,7 +245,7 @@ class SupervisorConfig(Section):
 
 class EvalConfig(Section):
     models: list[str] = []
-    """Which models to evaluate: `base`, `sft`, `dpo`, `rl`, or any backend spec (empty: the base model and
+    """Which models to evaluate: `base`, `sft`, `dpo`, `rl`, `cast`, or any backend spec (empty: the base model and
     every model the run trains)."""
     limit: Optional[int] = None
     """Evaluate at most this many prompts per pool of the dev split (never trained on)."""
@@ -297,6 +324,8 @@ class RunConfig(Section):
     """Preference optimisation on the labelled pairs."""
     rl: RLConfig = RLConfig()
     """Online RL against the supervisor's reward, after (or, with `dpo.enabled: false`, instead of) DPO."""
+    cast: CastConfig = CastConfig()
+    """Conditional activation steering of the last model, evaluated beside the trained ones."""
     evaluate: EvalConfig = EvalConfig()
     """Evaluation of base, SFT and DPO models."""
     executor: ExecutorConfig = ExecutorConfig()

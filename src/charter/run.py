@@ -27,19 +27,21 @@ from .tracking import StageLog
 
 log = logging.getLogger("charter")
 
-STAGES = ["supervise", "generate", "revise", "sft", "pairs", "label", "dpo", "rl", "evaluate", "report"]
+STAGES = ["supervise", "generate", "revise", "sft", "pairs", "label", "dpo", "rl", "cast", "evaluate", "report"]
 TRAINED = ["sft", "dpo", "rl"]  # stages that train a model, saved as models/<stage>
 
 
 def pipeline(cfg: RunConfig) -> list[str]:
-    """The stages this config runs, in order: `dpo.enabled` brings pairs, label and dpo; `rl.enabled`, rl."""
+    """The stages this config runs, in order: `dpo.enabled` brings pairs, label and dpo; `rl.enabled`, rl;
+    `cast.enabled`, cast."""
     off = set() if cfg.dpo.enabled else {"pairs", "label", "dpo"}
-    return [s for s in STAGES if s not in off and (s != "rl" or cfg.rl.enabled)]
+    off |= {s for s in ("rl", "cast") if not getattr(cfg, s).enabled}
+    return [s for s in STAGES if s not in off]
 
 
 def trained_roles(cfg: RunConfig) -> list[str]:
-    """The models this config trains, in order; the last is the run's final model."""
-    return [s for s in pipeline(cfg) if s in TRAINED]
+    """The models this config makes, in order (the steered `cast` last, when on); evaluate reads them all."""
+    return [s for s in pipeline(cfg) if s in TRAINED or s == "cast"]
 PACKAGES = ["charter", "torch", "transformers", "trl", "peft", "datasets"]
 
 
@@ -115,6 +117,13 @@ class Run:
         """`base`, `sft`, `dpo` or `rl` to a loadable spec; anything else passes through."""
         if role == "base":
             return self.cfg.model
+        if role == "cast":  # the steered model's weights are those of the model it steers
+            from .stages.cast import start_role
+
+            p = self.path("models", start_role(self.cfg))
+            if not (self.path("models", "cast", "steering.json")).exists():
+                raise CharterError(f"{self.path('models', 'cast')}: the cast stage has not run yet")
+            return str(p)
         if role in TRAINED:
             p = self.path("models", role)
             if not (p / "config.json").exists():
@@ -135,20 +144,25 @@ class Run:
 
     def backend(self, role: str):
         spec = self.model_spec(role)
-        if spec not in self._backends:
+        key = "cast" if role == "cast" else spec  # the steered model shares weights, not answers
+        if key not in self._backends:
             from .backends import get_backend
 
             self.release()  # keep one model in memory at a time
             backend = get_backend(spec, device=self.cfg.device, trust_remote_code=self.cfg.trust_remote_code,
                                   precision=self.cfg.precision)
-            if self.cfg.cache:
+            if role == "cast":  # not cached: its answers depend on the supervisor as well as the weights
+                from .steer import steered
+
+                backend = steered(self, backend)
+            elif self.cfg.cache:
                 from .backends.cache import cached
 
                 backend = cached(backend, spec)
-            if role in TRAINED:  # records name models relative to the run directory
+            if role in TRAINED or role == "cast":  # records name models relative to the run directory
                 backend.name = f"models/{role}"
-            self._backends[spec] = backend
-        return self._backends[spec]
+            self._backends[key] = backend
+        return self._backends[key]
 
     @property
     def supervisor(self):
@@ -240,7 +254,7 @@ class Run:
                         peak_rss_mib=round(peak_rss_mib(), 1), **counts)
             self.save_manifest()
             tracker.stage_done(stage, {"seconds": info["seconds"], **counts}, step=STAGES.index(stage))
-        final = trained_roles(self.cfg)[-1]
+        final = [s for s in pipeline(self.cfg) if s in TRAINED][-1]
         if (self.path("models", final) / "config.json").exists():
             self.manifest["final_model"] = f"models/{final}"
         self.save_manifest()

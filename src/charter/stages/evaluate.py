@@ -1,4 +1,4 @@
-"""Stage 8: evaluate the base model and every model the run trained, on data never trained on.
+"""Stage 9: evaluate the base model and every model the run trained, on data never trained on.
 
 For each model: greedy responses to the harmful, helpful and lookalike dev
 prompts, each classified as full compliance, partial refusal or full refusal.

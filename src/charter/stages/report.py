@@ -1,4 +1,4 @@
-"""Stage 9: a self-contained `report.html` (inline SVG, no network, no scripts).
+"""Stage 10: a self-contained `report.html` (inline SVG, no network, no scripts).
 
 Shows the harmlessness/helpfulness plane for every evaluated model (after the CAI
 paper's Figure 2), on the dev split and XSTest, with the target corner and the

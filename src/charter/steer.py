@@ -1,0 +1,112 @@
+"""Conditional activation steering (CAST; Lee et al. 2024, arXiv 2409.05907): refuse only where the
+supervisor reads the request as harmful, by editing the model's activations instead of its weights.
+
+The refusal direction is a difference of means (Arditi et al. 2024, arXiv 2406.11717): the state at the
+generation prompt of training prompts the model refused, minus that of prompts it answered. It is taken
+within each label and averaged, so that it is the direction of *refusing*, not of the request being harmful.
+At generation, a request the supervisor does not flag has that direction projected out of the residual
+stream from its layer on, so the model cannot take its refusal habit there; a flagged request is left to
+the model's own behaviour. Where refusal is decided is then the supervisor's call, the condition CAST reads.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .backends.base import GenParams
+
+
+def last_states(backend, texts, layer: int, batch_size: int = 32) -> torch.Tensor:
+    """Hidden state at the last token of each rendered prompt, after `layer` decoder layers (float32)."""
+    tok, model = backend.tok, backend.model
+    tok.padding_side = "right"  # the last real token sits at attention_mask.sum() - 1
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(backend.device)
+            hidden = model(**enc, output_hidden_states=True).hidden_states[layer]
+            last = enc["attention_mask"].sum(1) - 1
+            out.append(hidden[torch.arange(len(last)), last].float().cpu())
+    return torch.cat(out)
+
+
+def refusal_direction(states: torch.Tensor, labels, refused) -> torch.Tensor:
+    """Mean state of refused prompts minus that of answered ones, within each label, averaged over the
+    labels that have both."""
+    diffs = []
+    for lab in sorted(set(labels)):
+        ref = [i for i, (y, r) in enumerate(zip(labels, refused)) if y == lab and r]
+        ans = [i for i, (y, r) in enumerate(zip(labels, refused)) if y == lab and not r]
+        if ref and ans:
+            diffs.append(states[ref].mean(0) - states[ans].mean(0))
+    if not diffs:
+        raise ValueError("no label has both refused and answered prompts")
+    return torch.stack(diffs).mean(0)
+
+
+@contextlib.contextmanager
+def ablated(model, direction: torch.Tensor, layer: int):
+    """Within the block, `direction` is projected out of the output of every decoder layer from `layer` on."""
+    unit = (direction / direction.norm()).to(next(model.parameters()).dtype).to(next(model.parameters()).device)
+
+    def hook(_mod, _args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h = h - (h @ unit).unsqueeze(-1) * unit
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    handles = [block.register_forward_hook(hook) for block in model.model.layers[layer - 1:]]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class SteeredBackend:
+    """A transformers backend whose `generate` steers each request by the supervisor's reading of it.
+
+    Scoring (`score`, `next_token_logprobs`) is the unsteered model's: the steering is a generation policy."""
+
+    def __init__(self, inner, direction: torch.Tensor, layer: int, request_harm, name: str = "cast"):
+        self.inner, self.direction, self.layer, self.name = inner, direction, layer, name
+        self.request_harm = request_harm
+        self.flagged = 0  # requests left unsteered so far (counted for the manifest)
+
+    def __getattr__(self, attr):  # render, score, tok, truncated ... are the inner backend's
+        return getattr(self.inner, attr)
+
+    def generate(self, prompts, params: GenParams) -> list[str]:
+        # The condition reads what the user wrote: the last user turn (the system prompt is the run's own).
+        asks = [next((m["content"] for m in reversed(p) if m["role"] == "user"), "") for p in prompts]
+        flag = [p >= 0.5 for p in self.request_harm(asks)]  # the supervisor's threshold sits at 0.5
+        self.flagged += sum(flag)
+        out = [""] * len(prompts)
+        for steer in (False, True):
+            idx = [i for i, f in enumerate(flag) if f != steer]
+            if not idx:
+                continue
+            ctx = ablated(self.inner.model, self.direction, self.layer) if steer else contextlib.nullcontext()
+            with ctx:
+                for i, text in zip(idx, self.inner.generate([prompts[i] for i in idx], params)):
+                    out[i] = text
+        return out
+
+
+def steered(run, backend) -> SteeredBackend:
+    """The `cast` role of a run: `backend` (the model the cast stage read) steered as that stage saved."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from .errors import CharterError
+    from .stages.cast import META, STEERING
+    from .stages.common import CAST_DIR
+
+    if not hasattr(backend, "model"):
+        raise CharterError("cast: steering needs a transformers model")
+    harm = run.supervisor.request_harm  # the cast stage checked that the supervisor has it
+    folder = run.path(CAST_DIR)
+    meta = json.loads((folder / META).read_text())
+    return SteeredBackend(backend, load_file(folder / STEERING)["direction"], meta["layer"], harm)
