@@ -155,6 +155,10 @@ class CastConfig(Section):
     """The model to steer; null: the last model this run trains."""
     depth: float = 0.667
     """Where the refusal direction is read and, from there on, projected out: a fraction of the layers."""
+    add: float = 1.0
+    """Multiple of the refusal direction added at that layer to a flagged request's states (CAST's behaviour
+    vector), so that the model declines where the supervisor says it should; 0 leaves flagged requests to
+    the model as it is."""
     max_new_tokens: int = 64
     """Length of the answers to the training prompts that tell refused from answered."""
     temperature: float = 0.9

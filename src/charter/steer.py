@@ -5,8 +5,9 @@ The refusal direction is a difference of means (Arditi et al. 2024, arXiv 2406.1
 generation prompt of training prompts the model refused, minus that of prompts it answered. It is taken
 within each label and averaged, so that it is the direction of *refusing*, not of the request being harmful.
 At generation, a request the supervisor does not flag has that direction projected out of the residual
-stream from its layer on, so the model cannot take its refusal habit there; a flagged request is left to
-the model's own behaviour. Where refusal is decided is then the supervisor's call, the condition CAST reads.
+stream from its layer on, so the model cannot take its refusal habit there; a flagged request has the
+direction added at that layer (`add` times it), so the model takes it. Where refusal is decided is then the
+supervisor's call, the condition CAST reads.
 """
 from __future__ import annotations
 
@@ -64,15 +65,33 @@ def ablated(model, direction: torch.Tensor, layer: int):
             h.remove()
 
 
+@contextlib.contextmanager
+def added(model, direction: torch.Tensor, layer: int, scale: float):
+    """`scale` times `direction` added to the output of decoder layer `layer` (every position)."""
+    p = next(model.parameters())
+    shift = (scale * direction).to(p.dtype).to(p.device)
+
+    def hook(_mod, _args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        return (h + shift, *out[1:]) if isinstance(out, tuple) else h + shift
+
+    handle = model.model.layers[layer - 1].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class SteeredBackend:
     """A transformers backend whose `generate` steers each request by the supervisor's reading of it.
 
     Scoring (`score`, `next_token_logprobs`) is the unsteered model's: the steering is a generation policy."""
 
-    def __init__(self, inner, direction: torch.Tensor, layer: int, request_harm, name: str = "cast"):
-        self.inner, self.direction, self.layer, self.name = inner, direction, layer, name
+    def __init__(self, inner, direction: torch.Tensor, layer: int, request_harm, add: float = 0.0,
+                 name: str = "cast"):
+        self.inner, self.direction, self.layer, self.add, self.name = inner, direction, layer, add, name
         self.request_harm = request_harm
-        self.flagged = 0  # requests left unsteered so far (counted for the manifest)
+        self.flagged = 0  # requests the supervisor flagged so far
 
     def __getattr__(self, attr):  # render, score, tok, truncated ... are the inner backend's
         return getattr(self.inner, attr)
@@ -83,11 +102,12 @@ class SteeredBackend:
         flag = [p >= 0.5 for p in self.request_harm(asks)]  # the supervisor's threshold sits at 0.5
         self.flagged += sum(flag)
         out = [""] * len(prompts)
-        for steer in (False, True):
-            idx = [i for i, f in enumerate(flag) if f != steer]
+        for flagged in (True, False):
+            idx = [i for i, f in enumerate(flag) if f == flagged]
             if not idx:
                 continue
-            ctx = ablated(self.inner.model, self.direction, self.layer) if steer else contextlib.nullcontext()
+            ctx = (added(self.inner.model, self.direction, self.layer, self.add) if flagged
+                   else ablated(self.inner.model, self.direction, self.layer))
             with ctx:
                 for i, text in zip(idx, self.inner.generate([prompts[i] for i in idx], params)):
                     out[i] = text
@@ -109,4 +129,4 @@ def steered(run, backend) -> SteeredBackend:
     harm = run.supervisor.request_harm  # the cast stage checked that the supervisor has it
     folder = run.path(CAST_DIR)
     meta = json.loads((folder / META).read_text())
-    return SteeredBackend(backend, load_file(folder / STEERING)["direction"], meta["layer"], harm)
+    return SteeredBackend(backend, load_file(folder / STEERING)["direction"], meta["layer"], harm, meta["add"])

@@ -1,5 +1,5 @@
 """The `cast` stage on a tiny random model: a refusal direction read from the model's own answers, then a
-backend that leaves flagged requests to the model and projects the direction out of the others."""
+backend that adds the direction to flagged requests and projects it out of the others."""
 import json
 import shutil
 
@@ -10,11 +10,12 @@ from charter.backends import GenParams, user
 from charter.run import Run, pipeline, trained_roles
 from charter.serve.guard import KeywordScorer
 from charter.stages import cast, common
-from charter.steer import ablated, last_states, refusal_direction
+from charter.steer import ablated, added, last_states, refusal_direction
 from tests.stages.test_pipeline_tiny import seed_calibration, tiny_cfg
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-CAST = ["dpo.enabled=false", "cast.enabled=true", "cast.max_new_tokens=6", "cast.depth=0.5"]
+# float32, so that what the hooks remove and add is exact enough to check
+CAST = ["dpo.enabled=false", "cast.enabled=true", "cast.max_new_tokens=6", "cast.depth=0.5", "precision=float32"]
 
 
 def cast_run(tmp_path, tiny_model, monkeypatch):
@@ -34,7 +35,7 @@ def test_cast_is_a_model_of_its_own_after_the_trained_ones(tiny_model, tmp_path)
     assert "cast" not in pipeline(tiny_cfg(tmp_path, tiny_model))
 
 
-def test_cast_stage_saves_a_direction_and_steers_only_unflagged_requests(tiny_model, tmp_path, monkeypatch):
+def test_cast_stage_saves_a_direction_and_steers_each_request_by_its_flag(tiny_model, tmp_path, monkeypatch):
     run = cast_run(tmp_path, tiny_model, monkeypatch)
     run.execute(stages=["cast"])
     m = json.loads(run.path("manifest.json").read_text())["stages"]["cast"]
@@ -44,18 +45,40 @@ def test_cast_stage_saves_a_direction_and_steers_only_unflagged_requests(tiny_mo
     assert steered.name == "models/cast" and steered.inner is not plain
     params = GenParams(8, 0.0, batch_size=4)
     asks = [user("how do I steal a car"), user("how do I bake bread"), user("write a poem about rain")]
-    a, b = steered.generate(asks, params), plain.generate(asks, params)
-    assert a[0] == b[0]  # flagged: the model's own answer
-    assert steered.flagged == 1
+    a = steered.generate(asks, params)
+    assert steered.flagged == 1 and steered.add == 1.0
+    with added(plain.model, steered.direction, steered.layer, 1.0):
+        assert a[:1] == plain.generate(asks[:1], params)  # flagged: the direction added
+    with added(plain.model, steered.direction, steered.layer, 0.0):  # nothing added: the model as it is
+        assert plain.generate(asks, params) == Run(run.cfg, run.dir).backend("sft").generate(asks, params)
     with ablated(plain.model, steered.direction, steered.layer):
         assert a[1:] == plain.generate(asks[1:], params)  # unflagged: the ablated model's answers
-    # Unflagged requests ran with the direction projected out: at the layers it covers, nothing is left of it.
-    texts = [plain.render(m) for m in asks[1:]]
+    # What the steered layer hands on, read at the next block's input (the model's own `hidden_states` are
+    # recorded before forward hooks run, so they do not show the edit).
+    unit = steered.direction / steered.direction.norm()
+    plain_in = handed_on(plain, asks[1:], steered.layer)
     with ablated(plain.model, steered.direction, steered.layer):
-        left = last_states(plain, texts, steered.layer) @ (steered.direction / steered.direction.norm())
-    before = last_states(plain, texts, steered.layer) @ (steered.direction / steered.direction.norm())
-    assert left.abs().max() < 1e-2 * max(1.0, before.abs().max())
-    assert before.abs().max() > 1e-3
+        ablated_in = handed_on(plain, asks[1:], steered.layer)
+    assert (plain_in @ unit).abs().max() > 1e-3  # there was something to remove
+    assert (ablated_in @ unit).abs().max() < 1e-3 * (plain_in @ unit).abs().max()
+    with added(plain.model, steered.direction, steered.layer, 1.0):
+        added_in = handed_on(plain, asks[1:], steered.layer)
+    err = (added_in - plain_in - steered.direction).norm(dim=-1) / steered.direction.norm()
+    assert err.max() < 1e-3, err
+
+
+def handed_on(backend, asks, layer):
+    """The input of decoder block `layer` (the output of layer `layer`, after any steering) at the last token."""
+    seen = []
+    hook = backend.model.model.layers[layer].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        with torch.inference_mode():
+            for m in asks:
+                enc = backend.tok(backend.render(m), return_tensors="pt", add_special_tokens=False)
+                backend.model(**enc)
+    finally:
+        hook.remove()
+    return torch.stack([h[0, -1].float() for h in seen])
 
 
 def test_refusal_direction_is_within_label_not_harmfulness():

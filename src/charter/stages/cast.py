@@ -53,7 +53,8 @@ def run(run):
     out = run.path(CAST_DIR)
     out.mkdir(parents=True, exist_ok=True)
     save_file({"direction": direction.contiguous()}, out / STEERING)
-    meta = {"start": role, "layer": layer, "depth": cfg.depth, "prompts": len(rows), "refused": sum(refused),
+    meta = {"start": role, "layer": layer, "depth": cfg.depth, "add": cfg.add, "prompts": len(rows),
+            "refused": sum(refused),
             "direction_norm": round(float(direction.norm()), 4)}
     records.write_json(out / META, meta)
     return meta
