@@ -49,7 +49,10 @@ def refusal_direction(states: torch.Tensor, labels, refused) -> torch.Tensor:
 
 @contextlib.contextmanager
 def ablated(model, direction: torch.Tensor, layer: int):
-    """Within the block, `direction` is projected out of the output of every decoder layer from `layer` on."""
+    """Inside the `with`, `direction` is projected out of the output of every decoder layer from `layer` on.
+
+    The model's own `hidden_states` are recorded before forward hooks run, so they do not show the edit; the
+    next layer's input does."""
     unit = (direction / direction.norm()).to(next(model.parameters()).dtype).to(next(model.parameters()).device)
 
     def hook(_mod, _args, out):
