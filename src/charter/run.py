@@ -39,6 +39,11 @@ def pipeline(cfg: RunConfig) -> list[str]:
     return [s for s in STAGES if s not in off]
 
 
+def final_role(cfg: RunConfig) -> str:
+    """The last model this config trains: the run's final model (steering is not a model of its own)."""
+    return [s for s in pipeline(cfg) if s in TRAINED][-1]
+
+
 def trained_roles(cfg: RunConfig) -> list[str]:
     """The models this config makes, in order (the steered `cast` last, when on); evaluate reads them all."""
     return [s for s in pipeline(cfg) if s in TRAINED or s == "cast"]
@@ -254,7 +259,7 @@ class Run:
                         peak_rss_mib=round(peak_rss_mib(), 1), **counts)
             self.save_manifest()
             tracker.stage_done(stage, {"seconds": info["seconds"], **counts}, step=STAGES.index(stage))
-        final = [s for s in pipeline(self.cfg) if s in TRAINED][-1]
+        final = final_role(self.cfg)
         if (self.path("models", final) / "config.json").exists():
             self.manifest["final_model"] = f"models/{final}"
         self.save_manifest()

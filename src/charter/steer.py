@@ -48,19 +48,15 @@ def refusal_direction(states: torch.Tensor, labels, refused) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def ablated(model, direction: torch.Tensor, layer: int):
-    """Inside the `with`, `direction` is projected out of the output of every decoder layer from `layer` on.
+def _edited(blocks, edit):
+    """Inside the `with`, `edit` rewrites the hidden states each of `blocks` outputs.
 
     The model's own `hidden_states` are recorded before forward hooks run, so they do not show the edit; the
     next layer's input does."""
-    unit = (direction / direction.norm()).to(next(model.parameters()).dtype).to(next(model.parameters()).device)
-
     def hook(_mod, _args, out):
-        h = out[0] if isinstance(out, tuple) else out
-        h = h - (h @ unit).unsqueeze(-1) * unit
-        return (h, *out[1:]) if isinstance(out, tuple) else h
+        return (edit(out[0]), *out[1:]) if isinstance(out, tuple) else edit(out)
 
-    handles = [block.register_forward_hook(hook) for block in model.model.layers[layer - 1:]]
+    handles = [block.register_forward_hook(hook) for block in blocks]
     try:
         yield
     finally:
@@ -68,21 +64,21 @@ def ablated(model, direction: torch.Tensor, layer: int):
             h.remove()
 
 
-@contextlib.contextmanager
+def _like(model, t: torch.Tensor) -> torch.Tensor:
+    p = next(model.parameters())
+    return t.to(p.dtype).to(p.device)
+
+
+def ablated(model, direction: torch.Tensor, layer: int):
+    """`direction` projected out of the output of every decoder layer from `layer` on."""
+    unit = _like(model, direction / direction.norm())
+    return _edited(model.model.layers[layer - 1:], lambda h: h - (h @ unit).unsqueeze(-1) * unit)
+
+
 def added(model, direction: torch.Tensor, layer: int, scale: float):
     """`scale` times `direction` added to the output of decoder layer `layer` (every position)."""
-    p = next(model.parameters())
-    shift = (scale * direction).to(p.dtype).to(p.device)
-
-    def hook(_mod, _args, out):
-        h = out[0] if isinstance(out, tuple) else out
-        return (h + shift, *out[1:]) if isinstance(out, tuple) else h + shift
-
-    handle = model.model.layers[layer - 1].register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    shift = _like(model, scale * direction)
+    return _edited([model.model.layers[layer - 1]], lambda h: h + shift)
 
 
 class SteeredBackend:
@@ -123,13 +119,12 @@ def steered(run, backend) -> SteeredBackend:
 
     from safetensors.torch import load_file
 
-    from .errors import CharterError
     from .stages.cast import META, STEERING
     from .stages.common import CAST_DIR
 
-    if not hasattr(backend, "model"):
-        raise CharterError("cast: steering needs a transformers model")
-    harm = run.supervisor.request_harm  # the cast stage checked that the supervisor has it
+    # `Run.model_spec("cast")` names a model folder, so `backend` is a transformers one; the cast stage
+    # checked that the supervisor reads requests.
+    harm = run.supervisor.request_harm
     folder = run.path(CAST_DIR)
     meta = json.loads((folder / META).read_text())
     return SteeredBackend(backend, load_file(folder / STEERING)["direction"], meta["layer"], harm, meta["add"])

@@ -19,9 +19,9 @@ STEERING, META = "steering.safetensors", "steering.json"
 
 
 def start_role(cfg) -> str:
-    from ..run import TRAINED, pipeline
+    from ..run import final_role
 
-    return cfg.cast.start or [s for s in pipeline(cfg) if s in TRAINED][-1]
+    return cfg.cast.start or final_role(cfg)
 
 
 def run(run):
