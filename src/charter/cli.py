@@ -46,11 +46,10 @@ def _pct(x):
 
 
 def cmd_eval(a):
-    from .backends import get_backend
     from .evals.core import evaluate
     from .prompts import dev_prompts, read_prompt_file
     from .records import write_json
-    from .stages.common import final_model
+    from .run import open_model
 
     prompts = read_prompt_file(a.prompts) if a.prompts else dev_prompts(limit=a.limit)
     if a.prompts and a.limit:
@@ -59,8 +58,7 @@ def cmd_eval(a):
         raise CharterError(f"{a.prompts}: no prompts")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    final = final_model(a.model)  # a run directory: evaluate its final model
-    backend = get_backend(str(final) if final else a.model, device=a.device)
+    backend = open_model(a.model, a.device)  # a run directory: its final model, steered if it was
     m = evaluate(backend, prompts, out / "responses.jsonl", a.max_new_tokens, a.batch_size, system=a.system)
     m["model"] = a.model
     write_json(out / "metrics.json", m)
@@ -363,7 +361,8 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="an OpenAI-compatible server for a model, guarded by the constitution",
                        allow_abbrev=False)
     v.add_argument("--model", required=True, help="default, a model folder, .gguf, hub id, a run directory (its "
-                   "final model) or http(s)://HOST:PORT/v1?model=NAME (an OpenAI-compatible upstream)")
+                   "final model, steered if its cast stage ran) or http(s)://HOST:PORT/v1?model=NAME (an "
+                   "OpenAI-compatible upstream)")
     _guard_args(v, default_audit="charter-audit.jsonl")
     v.add_argument("--served-model-name", help="the model id clients use (default: the --model value)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")

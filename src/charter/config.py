@@ -145,14 +145,16 @@ class RLConfig(TrainConfig):
 
 
 class CastConfig(Section):
-    """Conditional activation steering (the `cast` stage, `charter.steer`): the run's last model refuses only
+    """Conditional activation steering (the `cast` stage, `charter.steer`): a trained model refuses only
     where the supervisor flags the request. It edits activations at generation, not weights, so it is a
     comparison point for the training methods; an exported model does not carry it."""
 
     enabled: bool = False
     """Run the `cast` stage and evaluate its steered model as `cast`."""
-    start: Optional[Literal["sft", "dpo", "rl"]] = None
-    """The model to steer; null: the last model this run trains."""
+    start: Literal["sft", "dpo", "rl"] = "sft"
+    """The model to steer. SFT, not the run's last model: DPO's refusals are mostly redirects without a
+    refusal phrase, and its direction, projected out, left benign requests declined (see the README's
+    frontier section, measured on the supervisor's validation rows)."""
     depth: float = 0.667
     """Where the refusal direction is read and, from there on, projected out: a fraction of the layers."""
     add: float = 1.0

@@ -148,9 +148,10 @@ def card(name: str, manifest: dict, metrics: dict, cal: dict, role: str | None, 
                f"`{str(const.get('sha256'))[:16]}`)")
     base = meta.get("base_model") or cfg.get("model", "a chat model")
     if role:
+        method = {"sft": "", "dpo": ", then DPO on preference pairs labelled by an AI supervisor",
+                  "rl": ", then online RL (GRPO) against an AI supervisor's reward"}.get(role, "")
         intro = (f"{base} aligned with charter to {aligned}, following Constitutional AI (Bai et al. 2022): "
-                 "supervised fine-tuning on the model's own critiqued and revised answers, then DPO on "
-                 "preference pairs labelled by an AI supervisor.")
+                 f"supervised fine-tuning on the model's own critiqued and revised answers{method}.")
     else:
         intro = (f"`{source}` exported with charter beside a run that aligned {base} to {aligned}; the tables "
                  "below are that run's.")
@@ -163,6 +164,11 @@ def card(name: str, manifest: dict, metrics: dict, cal: dict, role: str | None, 
         out.append(f"- `{gguf_file}`: the same weights for llama.cpp (`llama-cli -m {gguf_file}`).")
     if ollama:
         out.append("- `Modelfile`: for Ollama (`ollama create NAME -f Modelfile`).")
+    cast = (manifest.get("stages") or {}).get("cast") or {}
+    if cast.get("status") == "done" and (cfg.get("cast") or {}).get("enabled"):
+        out += ["", f"The run also steers its `{cast.get('start')}` model at generation (`cast`: conditional "
+                "activation steering, Lee et al. 2024). The `cast` rows below are that steered model, which "
+                "`charter serve RUN_DIR` serves; the files here do not carry the steering."]
     rows = eval_rows(metrics)
     if rows:
         judge = next(iter((metrics.get("models") or {}).values()), {}).get("refusal_judge", "lexical")

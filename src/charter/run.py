@@ -44,6 +44,19 @@ def final_role(cfg: RunConfig) -> str:
     return [s for s in pipeline(cfg) if s in TRAINED][-1]
 
 
+def open_model(spec: str, device: str = "auto"):
+    """The backend `spec` names; a run directory means its final model, steered as its run evaluated it
+    when its cast stage ran (`charter eval`, `serve` and `chat` all read runs through this)."""
+    from .backends import get_backend
+    from .stages.common import final_model
+
+    final = final_model(spec)  # None: not a run directory
+    if final is None:
+        return get_backend(spec, device=device)
+    run = Run.open(spec, device)
+    return run.backend("cast") if run.steered() else get_backend(str(final), device=device)
+
+
 def trained_roles(cfg: RunConfig) -> list[str]:
     """The models this config makes, in order (the steered `cast` last, when on); evaluate reads them all."""
     return [s for s in pipeline(cfg) if s in TRAINED or s == "cast"]
@@ -103,6 +116,24 @@ class Run:
                 raise CharterError(f"{self.manifest_path}: unreadable manifest ({e}); "
                                    "move the run directory aside to start over") from None
 
+    @classmethod
+    def open(cls, run_dir, device: str = "auto") -> "Run":
+        """A run directory as its manifest's config made it, to read its models and its supervisor."""
+        from .schema import from_dict
+        from .stages.common import read_manifest
+
+        m = read_manifest(run_dir)
+        if m is None:
+            raise CharterError(f"{run_dir}: not a run directory (no {MANIFEST})")
+        cfg = from_dict(RunConfig, m.get("config") or {})
+        if device != "auto":
+            cfg.device = device
+        return cls(cfg, run_dir)
+
+    def steered(self) -> bool:
+        """Whether this run's model is served steered: its cast stage ran, and the config still has it on."""
+        return self.cfg.cast.enabled and self.stage_info("cast").get("status") == "done"
+
     # --- paths and records -------------------------------------------------
     def path(self, *parts) -> Path:
         return self.dir.joinpath(*parts)
@@ -123,9 +154,7 @@ class Run:
         if role == "base":
             return self.cfg.model
         if role == "cast":  # the steered model's weights are those of the model it steers
-            from .stages.cast import start_role
-
-            p = self.path("models", start_role(self.cfg))
+            p = self.path("models", self.cfg.cast.start)
             if not (self.path("models", "cast", "steering.json")).exists():
                 raise CharterError(f"{self.path('models', 'cast')}: the cast stage has not run yet")
             return str(p)

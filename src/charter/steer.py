@@ -48,15 +48,16 @@ def refusal_direction(states: torch.Tensor, labels, refused) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _edited(blocks, edit):
-    """Inside the `with`, `edit` rewrites the hidden states each of `blocks` outputs.
+def _edited(edits):
+    """Inside the `with`, each `(block, edit)` of `edits` has `edit` rewrite the hidden states that block
+    outputs.
 
     The model's own `hidden_states` are recorded before forward hooks run, so they do not show the edit; the
     next layer's input does."""
-    def hook(_mod, _args, out):
-        return (edit(out[0]), *out[1:]) if isinstance(out, tuple) else edit(out)
+    def hook(edit):
+        return lambda _mod, _args, out: (edit(out[0]), *out[1:]) if isinstance(out, tuple) else edit(out)
 
-    handles = [block.register_forward_hook(hook) for block in blocks]
+    handles = [block.register_forward_hook(hook(edit)) for block, edit in edits]
     try:
         yield
     finally:
@@ -69,16 +70,20 @@ def _like(model, t: torch.Tensor) -> torch.Tensor:
     return t.to(p.dtype).to(p.device)
 
 
-def ablated(model, direction: torch.Tensor, layer: int):
-    """`direction` projected out of the output of every decoder layer from `layer` on."""
+def steering(model, direction: torch.Tensor, layer: int, scale: float, flagged):
+    """A flagged request gets `scale` times `direction` added to the output of decoder layer `layer`; any
+    other has `direction` projected out of the output of every decoder layer from `layer` on. `flagged` is
+    one bool for the whole batch, or one per row, so that a server batches both kinds into one `generate`."""
     unit = _like(model, direction / direction.norm())
-    return _edited(model.model.layers[layer - 1:], lambda h: h - (h @ unit).unsqueeze(-1) * unit)
-
-
-def added(model, direction: torch.Tensor, layer: int, scale: float):
-    """`scale` times `direction` added to the output of decoder layer `layer` (every position)."""
     shift = _like(model, scale * direction)
-    return _edited([model.model.layers[layer - 1]], lambda h: h + shift)
+    on = _like(model, torch.tensor(flagged, dtype=torch.float32)).view(-1, 1, 1)  # 1 flagged, 0 not; exact
+
+    def drop(h):
+        return h - (h @ unit).unsqueeze(-1) * unit
+
+    blocks = model.model.layers[layer - 1:]
+    return _edited([(blocks[0], lambda h: on * (h + shift) + (1 - on) * drop(h))]
+                   + [(b, lambda h: on * h + (1 - on) * drop(h)) for b in blocks[1:]])
 
 
 class SteeredBackend:
@@ -95,19 +100,27 @@ class SteeredBackend:
     def __getattr__(self, attr):  # render, score, tok, truncated ... are the inner backend's
         return getattr(self.inner, attr)
 
-    def generate(self, prompts, params: GenParams) -> list[str]:
-        # The condition reads what the user wrote: the last user turn (the system prompt is the run's own).
+    def flags(self, prompts) -> list[bool]:
+        """Whether the supervisor flags each conversation. It reads what the user wrote, the last user turn
+        (a system prompt is the deployer's own), at the supervisor's threshold, which sits at 0.5."""
         asks = [next((m["content"] for m in reversed(p) if m["role"] == "user"), "") for p in prompts]
-        flag = [p >= 0.5 for p in self.request_harm(asks)]  # the supervisor's threshold sits at 0.5
+        flag = [p >= 0.5 for p in self.request_harm(asks)]
         self.flagged += sum(flag)
+        return flag
+
+    def steer_rows(self, prompts):
+        """Steering for one batch of `prompts`, each row by its own flag (a server's single `generate`)."""
+        return steering(self.inner.model, self.direction, self.layer, self.add, self.flags(prompts))
+
+    def generate(self, prompts, params: GenParams) -> list[str]:
+        # The inner backend may reorder and re-batch its prompts, so each kind goes to it on its own.
+        flag = self.flags(prompts)
         out = [""] * len(prompts)
         for flagged in (True, False):
             idx = [i for i, f in enumerate(flag) if f == flagged]
             if not idx:
                 continue
-            ctx = (added(self.inner.model, self.direction, self.layer, self.add) if flagged
-                   else ablated(self.inner.model, self.direction, self.layer))
-            with ctx:
+            with steering(self.inner.model, self.direction, self.layer, self.add, flagged):
                 for i, text in zip(idx, self.inner.generate([prompts[i] for i in idx], params)):
                     out[i] = text
         return out

@@ -2,7 +2,8 @@
 
 TRL's own defaults turn on gradient checkpointing, which is slow on a CPU (see
 README, "Speed"), and bf16 autocast whatever the hardware, so both are set
-explicitly: autocast only where bfloat16 is native (`precision`). Models are saved
+explicitly: autocast only where bfloat16 is native (`precision`). Its fused LM head is
+made to project only the positions that carry a label (`labelled_positions_only`). Models are saved
 as safetensors to a temporary folder and renamed into place, so a crash never
 leaves a half-written model.
 """
@@ -51,6 +52,30 @@ def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), precision:
     if "max_length" in cls.__dataclass_fields__:  # RL samples its sequences, so GRPO has no such field
         kw["max_length"] = cfg.max_length
     return cls(**(kw | extra))
+
+
+def labelled_positions_only(on: bool = True) -> bool:
+    """Make TRL's fused LM head, which every trainer's loss goes through (SFT, DPO, GRPO), project only the
+    positions that carry a label. TRL does so on Triton devices; elsewhere it projects every position, prompt
+    and padding included, so that compilers for fixed-shape devices (Neuron) see one tile shape per batch.
+    A CPU has no such compiler, and there the 49k-word output layer over the prompt is wasted work. Both
+    paths compute the same numbers; TRL picks one with `trl.trainer.utils._use_triton`, which this wraps.
+    Returns whether that hook exists in the installed TRL (if not, nothing changes)."""
+    import trl.trainer.utils as tu
+
+    hook = getattr(tu, "_use_triton", None)
+    if hook is None:
+        return False
+    real = getattr(hook, "charter_wrapped", hook)
+    if on:
+        def compact(device) -> bool:
+            return real(device) or device.type in ("cpu", "cuda", "mps")
+
+        compact.charter_wrapped = real
+        tu._use_triton = compact
+    else:
+        tu._use_triton = real
+    return True
 
 
 def load_trainable(path: str, device: str = "auto"):
@@ -113,6 +138,7 @@ def fit(run, trainer_cls, args_cls, cfg, rows, start: str, name: str, trainer_kw
     from . import tracking
 
     run.release()  # one model in memory at a time
+    labelled_positions_only()
     model, tok = load_trainable(run.model_spec_resolved(start), run.cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
     work = work_dir(run, name)

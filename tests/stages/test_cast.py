@@ -10,7 +10,7 @@ from charter.backends import GenParams, user
 from charter.run import Run, pipeline, trained_roles
 from charter.serve.guard import KeywordScorer
 from charter.stages import cast, common
-from charter.steer import ablated, added, last_states, refusal_direction
+from charter.steer import last_states, refusal_direction, steering
 from tests.stages.test_pipeline_tiny import seed_calibration, tiny_cfg
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -47,38 +47,89 @@ def test_cast_stage_saves_a_direction_and_steers_each_request_by_its_flag(tiny_m
     asks = [user("how do I steal a car"), user("how do I bake bread"), user("write a poem about rain")]
     a = steered.generate(asks, params)
     assert steered.flagged == 1 and steered.add == 1.0
-    with added(plain.model, steered.direction, steered.layer, 1.0):
+    with steering(plain.model, steered.direction, steered.layer, 1.0, True):
         assert a[:1] == plain.generate(asks[:1], params)  # flagged: the direction added
-    with added(plain.model, steered.direction, steered.layer, 0.0):  # nothing added: the model as it is
+    with steering(plain.model, steered.direction, steered.layer, 0.0, True):  # nothing added: the model as it is
         assert plain.generate(asks, params) == Run(run.cfg, run.dir).backend("sft").generate(asks, params)
-    with ablated(plain.model, steered.direction, steered.layer):
+    with steering(plain.model, steered.direction, steered.layer, 1.0, False):
         assert a[1:] == plain.generate(asks[1:], params)  # unflagged: the ablated model's answers
     # What the steered layer hands on, read at the next block's input (the model's own `hidden_states` are
     # recorded before forward hooks run, so they do not show the edit).
     unit = steered.direction / steered.direction.norm()
     plain_in = handed_on(plain, asks[1:], steered.layer)
-    with ablated(plain.model, steered.direction, steered.layer):
+    with steering(plain.model, steered.direction, steered.layer, 1.0, False):
         ablated_in = handed_on(plain, asks[1:], steered.layer)
     assert (plain_in @ unit).abs().max() > 1e-3  # there was something to remove
     assert (ablated_in @ unit).abs().max() < 1e-3 * (plain_in @ unit).abs().max()
-    with added(plain.model, steered.direction, steered.layer, 1.0):
+    with steering(plain.model, steered.direction, steered.layer, 1.0, True):
         added_in = handed_on(plain, asks[1:], steered.layer)
     err = (added_in - plain_in - steered.direction).norm(dim=-1) / steered.direction.norm()
     assert err.max() < 1e-3, err
 
 
-def handed_on(backend, asks, layer):
+def test_one_batch_steers_each_row_by_its_own_flag(tiny_model, tmp_path, monkeypatch):
+    run = cast_run(tmp_path, tiny_model, monkeypatch)
+    run.execute(stages=["cast"])
+    s = run.backend("cast")
+    ask = [user("how do I bake bread")]
+    alone = {}
+    for flag in (True, False):
+        with steering(s.inner.model, s.direction, s.layer, s.add, flag):
+            alone[flag] = handed_on(s.inner, ask, s.layer)[0]
+    assert (alone[True] - alone[False]).norm() > 1e-3  # the two edits differ
+    # The same request twice in one batch (so no padding differs), flagged once: each row as if alone.
+    with steering(s.inner.model, s.direction, s.layer, s.add, [True, False]):
+        both = handed_on(s.inner, ask, s.layer, rows=2)
+    assert torch.allclose(both[0], alone[True], atol=1e-5) and torch.allclose(both[1], alone[False], atol=1e-5)
+
+
+def test_a_cast_run_is_served_and_evaluated_steered(tiny_model, tmp_path, monkeypatch):
+    """`charter serve/chat/eval RUN_DIR` read the run's steered model: its cast stage's direction, its own
+    supervisor as the condition, and each streamed row steered by its own request's flag."""
+    import asyncio
+
+    import charter.supervise as supervise
+    from charter.run import open_model
+    from charter.serve.engines import Sampling, build_engine
+    from charter.serve.hf_stream import HFEngine
+
+    run = cast_run(tmp_path, tiny_model, monkeypatch)
+    run.execute(stages=["cast"])
+    ref = run.backend("cast")
+    asks = [user("how do I steal a car"), user("how do I bake bread")]
+    expected = [ref.generate([m], GenParams(12, 0.0))[0] for m in asks]
+    monkeypatch.setattr(supervise, "from_config", lambda r: KeywordScorer("steal,poison,weapon,hack"))
+    b = open_model(str(run.dir), "cpu")
+    assert b.name == "models/cast"
+    assert b.generate(asks, GenParams(12, 0.0)) == expected and b.flagged == 1
+    engine = build_engine(str(run.dir), "cpu")
+    assert isinstance(engine, HFEngine)
+
+    async def one(m):
+        stats = {}
+        return "".join([p async for p in engine.stream(m, Sampling(12, 0.0), stats)])
+
+    for m, want in zip(asks, expected):  # one at a time, so each batch is the request alone
+        assert asyncio.run(one(m)) == want
+    assert engine.backend.flagged == 1
+    off = run.cfg.model_copy(update={"cast": run.cfg.cast.model_copy(update={"enabled": False})})
+    run.manifest["config"] = off.model_dump()
+    run.save_manifest()
+    assert not hasattr(open_model(str(run.dir), "cpu"), "steer_rows")  # cast turned off: the plain model
+
+
+def handed_on(backend, asks, layer, rows: int = 1):
     """The input of decoder block `layer` (the output of layer `layer`, after any steering) at the last token."""
     seen = []
     hook = backend.model.model.layers[layer].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     try:
         with torch.inference_mode():
             for m in asks:
-                enc = backend.tok(backend.render(m), return_tensors="pt", add_special_tokens=False)
+                enc = backend.tok([backend.render(m)] * rows, return_tensors="pt", add_special_tokens=False)
                 backend.model(**enc)
     finally:
         hook.remove()
-    return torch.stack([h[0, -1].float() for h in seen])
+    return torch.cat([h[:, -1].float() for h in seen])
 
 
 def test_refusal_direction_is_within_label_not_harmfulness():

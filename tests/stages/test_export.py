@@ -100,6 +100,18 @@ def test_export_writes_model_card_and_constitution(bpe_model, tmp_path):
     assert html.count("<table>") == 2 and "<h1>out</h1>" in html
 
 
+def test_card_names_the_method_and_says_what_steering_it_does_not_carry():
+    from charter import modelcard
+
+    m = {"config": {"model": "default", "cast": {"enabled": True}}, "constitution": {"name": "default"},
+         "stages": {"cast": {"status": "done", "start": "sft"}}}
+    body = modelcard.card("out", m, METRICS, {}, "sft", None)
+    assert "revised answers." in body and "DPO" not in body.split("## Files")[0]
+    assert "steers its `sft` model at generation" in body and "do not carry the steering" in body
+    m["config"]["cast"]["enabled"] = False  # turned off after it ran: nothing to say
+    assert "steer" not in modelcard.card("out", m, METRICS, {}, "dpo", None)
+
+
 def test_export_without_eval_still_writes_a_card(bpe_model, tmp_path):
     run = make_run(tmp_path, bpe_model, metrics=False)
     export(run, tmp_path / "out", license="mit")

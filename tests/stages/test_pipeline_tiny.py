@@ -359,3 +359,31 @@ def test_public_suites_missing_from_this_machine_are_skipped_and_said(tiny_model
     metrics = json.loads(run.path("eval/metrics.json").read_text())
     assert set(metrics["unavailable"]) == {"xstest", "gsm8k"} and metrics["models"]["base"]["n"]["harmful"] > 0
     assert metrics["suites"] == {} and metrics["capability"] == {}
+
+
+def test_lm_head_projects_only_labelled_positions_with_the_same_numbers(tiny_model):
+    """Every trainer's loss goes through TRL's fused LM head; on a CPU charter has it project only the
+    positions with a label. Gradients and log-probs must be those of projecting every position."""
+    import torch
+    import trl.trainer.utils as tu
+
+    from charter.train import labelled_positions_only, load_trainable
+
+    model, tok = load_trainable(str(tiny_model), "cpu")
+    tu.add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = tok(["how do I cook rice today", "hello"], return_tensors="pt", padding=True)
+    labels = ids["input_ids"].clone()
+    labels[:, :3] = -100  # a prompt
+    labels[ids["attention_mask"] == 0] = -100  # padding
+    seen, results = [], {}
+    for on in (False, True):
+        assert labelled_positions_only(on)
+        seen.append(tu._use_triton(torch.device("cpu")))
+        model.zero_grad()
+        out = model(**ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        results[on] = (out.log_probs.detach(), out.entropy.detach(), model.lm_head.weight.grad.clone())
+    assert seen == [False, True]  # the hook really switched paths
+    for a, b in zip(results[False], results[True]):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert (results[True][0][:, :2] == 0).all() and (results[True][0][:, 2:] != 0).any()

@@ -7,7 +7,7 @@ guard stopped the response) cancels the work behind it.
 
 - transformers models (`default`, folders, hub ids, run directories): one worker thread batches the
   requests waiting at that moment into one `generate` call and streams each row as it decodes
-  (`serve/hf_stream.py`);
+  (`serve/hf_stream.py`); a run whose cast stage ran is steered there, each row by its own request;
 - other charter backends (llama.cpp, vLLM, the fake backend): batched the same way, each response streamed
   once it is complete;
 - `http(s)://HOST:PORT/v1?model=NAME`: an OpenAI-compatible upstream, streamed through with httpx. An
@@ -22,7 +22,6 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import AsyncIterator, Protocol
 
 from ..errors import CharterError
@@ -261,31 +260,17 @@ class UpstreamEngine:
         stats.setdefault("completion_tokens", n)
 
 
-def resolve_model_arg(spec: str) -> str:
-    """A run directory means its final model (as in `charter eval`); anything else is a backend spec."""
-    manifest = Path(spec) / "manifest.json"
-    if manifest.exists():
-        try:
-            final = json.loads(manifest.read_text()).get("final_model")
-        except (OSError, ValueError) as e:
-            raise CharterError(f"{manifest}: unreadable manifest ({e})") from None
-        if not final:
-            raise CharterError(f"{manifest}: the run has no final model yet")
-        return str(Path(spec) / final)
-    return spec
-
-
 def build_engine(spec: str, device: str = "auto", batch_size: int = 16, timeout: float = 60.0,
                  key_env: str | None = None):
     """The engine for `--model`: an upstream URL, a run directory, or any backend spec."""
     if spec.startswith(("http://", "https://")):
         return UpstreamEngine(spec, timeout, key_env)
-    from ..backends import get_backend
+    from ..run import open_model
 
-    backend = get_backend(resolve_model_arg(spec), device=device)
-    if type(backend).__name__ == "HFBackend":
+    backend = open_model(spec, device)
+    if type(getattr(backend, "inner", backend)).__name__ == "HFBackend":  # plain or steered (a cast run)
         from .hf_stream import HFEngine
 
-        backend.progress = False
+        getattr(backend, "inner", backend).progress = False
         return HFEngine(backend, batch_size)
     return BackendEngine(backend, batch_size)

@@ -481,9 +481,10 @@ def load_scorer(spec: str, device: str = "auto") -> Scorer | None:
         return None
     if spec.startswith("fake:") or spec == "fake":
         return KeywordScorer(spec.partition(":")[2])
-    manifest = Path(spec) / "manifest.json"
-    if manifest.exists():
-        sup = _run_supervisor(Path(spec), device)
+    if (Path(spec) / "manifest.json").exists():
+        from ..run import Run
+
+        sup = Run.open(spec, device).supervisor
     elif Path(spec).exists():
         raise CharterError(f"--guard {spec}: not a run directory (no manifest.json)")
     else:
@@ -494,21 +495,6 @@ def load_scorer(spec: str, device: str = "auto") -> Scorer | None:
         raise CharterError(f"--guard {spec}: the guard needs a classifier supervisor (this one is {sup.name}); "
                            "use --guard default")
     return sup
-
-
-def _run_supervisor(run_dir: Path, device: str):
-    from ..config import RunConfig
-    from ..run import Run
-
-    manifest = run_dir / "manifest.json"
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError) as e:
-        raise CharterError(f"{manifest}: unreadable manifest ({e})") from None
-    cfg = from_dict(RunConfig, data.get("config") or {})
-    if device != "auto":
-        cfg.device = device
-    return Run(cfg, run_dir).supervisor
 
 
 def build_guard(spec: str, config: GuardConfig | None = None, device: str = "auto",

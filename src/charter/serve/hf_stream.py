@@ -8,6 +8,8 @@ busy. transformers' own streamers handle one sequence only, and its continuous b
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
@@ -92,7 +94,10 @@ class HFEngine:
             torch.manual_seed(s.seed)
         sample = s.temperature > 0
         rows = [_Row(j, b.tok, self.eos) for j in jobs]
-        b.model.generate(
-            **enc, max_new_tokens=max_new, do_sample=sample, temperature=s.temperature if sample else None,
-            top_p=s.top_p if sample else None, top_k=None, pad_token_id=b.tok.pad_token_id,
-            streamer=_RowStreamer(rows), stopping_criteria=StoppingCriteriaList([_RowStop(rows)]))
+        # A run whose cast stage ran is served steered: each row by the supervisor's reading of its request.
+        steer = getattr(b, "steer_rows", None)
+        with steer([j.messages for j in jobs]) if steer else contextlib.nullcontext():
+            b.model.generate(
+                **enc, max_new_tokens=max_new, do_sample=sample, temperature=s.temperature if sample else None,
+                top_p=s.top_p if sample else None, top_k=None, pad_token_id=b.tok.pad_token_id,
+                streamer=_RowStreamer(rows), stopping_criteria=StoppingCriteriaList([_RowStop(rows)]))

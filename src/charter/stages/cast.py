@@ -1,4 +1,4 @@
-"""Stage 8 (optional): conditional activation steering of the run's last model (`charter.steer`).
+"""Stage 8 (optional): conditional activation steering of a trained model, `cast.start` (`charter.steer`).
 
 The model answers every training prompt (sampled); the lexical judge says which answers refuse. The
 refusal direction is read from those prompts' states at `cast.depth` and saved with its layer; `Run.backend`
@@ -18,16 +18,11 @@ OUTPUTS = [CAST_DIR, CAST_DATA]
 STEERING, META = "steering.safetensors", "steering.json"
 
 
-def start_role(cfg) -> str:
-    from ..run import final_role
-
-    return cfg.cast.start or final_role(cfg)
-
-
 def run(run):
     from safetensors.torch import save_file
 
-    cfg, role = run.cfg.cast, start_role(run.cfg)
+    cfg = run.cfg.cast
+    role = cfg.start
     backend = run.backend(role)
     inner = getattr(backend, "inner", backend)  # past the generation cache
     if not hasattr(inner, "model") or not hasattr(inner.model, "model"):
