@@ -90,13 +90,16 @@ def s_per_step(stats) -> float:
     return round(stats["train_seconds"] / max(1, stats["steps"]), 2)
 
 
-def bench_training(model_dir, steps, precision="float32"):
+def bench_training(model_dir, steps, precision="float32", labelled_only=True):
+    """SFT then DPO for `steps` steps each, as `train.fit` sets them up (`labelled_only`: its LM-head path)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     from charter.config import TrainConfig
     from charter.prompts import builtin_file, read_prompt_file
-    from charter.train import load_trainable, timed_train, train_stats, trl_args
+    from charter.train import labelled_positions_only, load_trainable, timed_train, train_stats, trl_args
+
+    labelled_positions_only(labelled_only)
 
     prompts = [r["prompt"] for r in read_prompt_file(builtin_file("helpful"))][: steps * 4]
     answer = "Here is a clear, step-by-step answer that covers the main points and gives one example."

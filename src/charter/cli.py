@@ -167,6 +167,9 @@ def cmd_lm_eval(a):
         raise CharterError("lm-evaluation-harness is not installed: `pip install lm-eval` (its tasks download "
                            "data from the hub, so this needs network access)")
     model = resolve_model(resolve(a.model)[1])
+    if (Path(a.model) / "models" / "cast").is_dir():
+        logging.getLogger("charter").warning("lm-eval reads the weights alone (%s); the run's steering (cast) is "
+                                             "not applied there", model)
     cmd = [exe, "--model", "hf", "--model_args", f"pretrained={model}", "--tasks", a.tasks,
            "--output_path", a.out, *(["--limit", str(a.limit)] if a.limit else [])]
     print("running:", " ".join(cmd))

@@ -169,6 +169,11 @@ class CastConfig(Section):
     batch_size: int = 64
     """Prompts per generate call."""
 
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start(cls, v):  # null meant "the last model" in manifests written before the default was sft
+        return "sft" if v is None else v
+
     @field_validator("depth")
     @classmethod
     def _depth(cls, v):

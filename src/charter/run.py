@@ -46,7 +46,7 @@ def final_role(cfg: RunConfig) -> str:
 
 def open_model(spec: str, device: str = "auto"):
     """The backend `spec` names; a run directory means its final model, steered as its run evaluated it
-    when its cast stage ran (`charter eval`, `serve` and `chat` all read runs through this)."""
+    when its cast stage ran (`charter eval`, `compare`, `serve` and `chat` all read runs through this)."""
     from .backends import get_backend
     from .stages.common import final_model
 
@@ -153,11 +153,13 @@ class Run:
         """`base`, `sft`, `dpo` or `rl` to a loadable spec; anything else passes through."""
         if role == "base":
             return self.cfg.model
-        if role == "cast":  # the steered model's weights are those of the model it steers
-            p = self.path("models", self.cfg.cast.start)
-            if not (self.path("models", "cast", "steering.json")).exists():
-                raise CharterError(f"{self.path('models', 'cast')}: the cast stage has not run yet")
-            return str(p)
+        if role == "cast":  # the weights of the model the cast stage steered, as its steering.json says
+            import json
+
+            meta = self.path("models", "cast", "steering.json")
+            if not meta.exists():
+                raise CharterError(f"{meta.parent}: the cast stage has not run yet")
+            return str(self.path("models", json.loads(meta.read_text())["start"]))
         if role in TRAINED:
             p = self.path("models", role)
             if not (p / "config.json").exists():

@@ -137,7 +137,12 @@ def steered(run, backend) -> SteeredBackend:
 
     # `Run.model_spec("cast")` names a model folder, so `backend` is a transformers one; the cast stage
     # checked that the supervisor reads requests.
+    from .models import model_key
+
     harm = run.supervisor.request_harm
     folder = run.path(CAST_DIR)
     meta = json.loads((folder / META).read_text())
-    return SteeredBackend(backend, load_file(folder / STEERING)["direction"], meta["layer"], harm, meta["add"])
+    b = SteeredBackend(backend, load_file(folder / STEERING)["direction"], meta["layer"], harm, meta["add"])
+    # What caches of its answers are keyed by: the weights and the direction (the layer and `add` with it).
+    b.cache_key = "-".join(model_key(str(p)) for p in (run.model_spec("cast"), folder / STEERING, folder / META))
+    return b

@@ -112,6 +112,13 @@ def test_a_cast_run_is_served_and_evaluated_steered(tiny_model, tmp_path, monkey
     for m, want in zip(asks, expected):  # one at a time, so each batch is the request alone
         assert asyncio.run(one(m)) == want
     assert engine.backend.flagged == 1
+    from charter.evals.compare import compare
+
+    # `charter compare` too; its answer cache keeps the steered model apart from the weights it steers.
+    compare([str(run.dir), str(run.path(common.SFT_MODEL))], ["dev"], tmp_path / "cmp", limit=4, max_new_tokens=6)
+    names = sorted(json.loads(f.read_text().splitlines()[0])["model"]
+                   for f in (tmp_path / "cmp" / "cache").glob("*/dev.jsonl"))
+    assert len(names) == 2 and "models/cast" in names, names
     off = run.cfg.model_copy(update={"cast": run.cfg.cast.model_copy(update={"enabled": False})})
     run.manifest["config"] = off.model_dump()
     run.save_manifest()

@@ -108,6 +108,9 @@ def test_card_names_the_method_and_says_what_steering_it_does_not_carry():
     body = modelcard.card("out", m, METRICS, {}, "sft", None)
     assert "revised answers." in body and "DPO" not in body.split("## Files")[0]
     assert "steers its `sft` model at generation" in body and "do not carry the steering" in body
+    m["stages"]["dpo"] = {"status": "done"}
+    assert "then DPO on preference pairs labelled by an AI supervisor, then online RL (GRPO)" in modelcard.card(
+        "out", m, METRICS, {}, "rl", None)
     m["config"]["cast"]["enabled"] = False  # turned off after it ran: nothing to say
     assert "steer" not in modelcard.card("out", m, METRICS, {}, "dpo", None)
 

@@ -55,7 +55,7 @@ def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, d
             by_category=False) -> dict:
     """`harm`: optional text -> P(harmful) scorer; adds harmfulness rows for the safety suites.
     `by_category`: also one row per category (e.g. XSTest's prompt types)."""
-    from ..backends import get_backend
+    from ..run import open_model
 
     out = Path(out)
     from .capability import CAPABILITY_SUITES, evaluate_capability
@@ -68,9 +68,10 @@ def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, d
         if label in labels:
             label = f"{label}#{len(labels)}"
         labels.append(label)
-        backend = get_backend(model, device=device)
+        backend = open_model(spec, device)  # a run directory: steered if its cast stage ran
+        key = getattr(backend, "cache_key", None) or model_key(model)
         for suite, rows in loaded.items():
-            path = out / "cache" / model_key(model) / f"{Path(suite).stem}.jsonl"
+            path = out / "cache" / key / f"{Path(suite).stem}.jsonl"
             results[Path(suite).stem][label] = (
                 evaluate_capability(backend, suite, path, limit, max(max_new_tokens, 256), batch_size) if rows is None
                 else evaluate(backend, rows, path, max_new_tokens, batch_size, desc=f"{label} / {suite}", harm=harm))
