@@ -161,13 +161,14 @@ def cmd_lm_eval(a):
 
     from .evals.compare import resolve
     from .models import resolve_model
+    from .stages.common import read_manifest, steered
 
     exe = shutil.which("lm_eval")
     if exe is None:
         raise CharterError("lm-evaluation-harness is not installed: `pip install lm-eval` (its tasks download "
                            "data from the hub, so this needs network access)")
     model = resolve_model(resolve(a.model)[1])
-    if (Path(a.model) / "models" / "cast").is_dir():
+    if steered(read_manifest(a.model) or {}):
         logging.getLogger("charter").warning("lm-eval reads the weights alone (%s); the run's steering (cast) is "
                                              "not applied there", model)
     cmd = [exe, "--model", "hf", "--model_args", f"pretrained={model}", "--tasks", a.tasks,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .models import weights_spec
+from .stages.common import steered
 
 # What the Hub should call the embedded base model, and its licence.
 EMBEDDED_BASE = {"default": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
@@ -166,9 +167,8 @@ def card(name: str, manifest: dict, metrics: dict, cal: dict, role: str | None, 
         out.append(f"- `{gguf_file}`: the same weights for llama.cpp (`llama-cli -m {gguf_file}`).")
     if ollama:
         out.append("- `Modelfile`: for Ollama (`ollama create NAME -f Modelfile`).")
-    cast = (manifest.get("stages") or {}).get("cast") or {}
-    if cast.get("status") == "done" and (cfg.get("cast") or {}).get("enabled"):
-        out += ["", f"The run also steers its `{cast.get('start')}` model at generation (`cast`: conditional "
+    if steered(manifest):
+        out += ["", f"The run also steers its `{manifest['stages']['cast'].get('start')}` model at generation (`cast`: conditional "
                 "activation steering, Lee et al. 2024). The `cast` rows below are that steered model, which "
                 "`charter serve RUN_DIR` serves; the files here do not carry the steering."]
     rows = eval_rows(metrics)

@@ -131,8 +131,10 @@ class Run:
         return cls(cfg, run_dir)
 
     def steered(self) -> bool:
-        """Whether this run's model is served steered: its cast stage ran, and the config still has it on."""
-        return self.cfg.cast.enabled and self.stage_info("cast").get("status") == "done"
+        """Whether this run's model is served steered (`stages.common.steered`)."""
+        from .stages.common import steered
+
+        return steered(self.manifest)
 
     # --- paths and records -------------------------------------------------
     def path(self, *parts) -> Path:
@@ -154,12 +156,9 @@ class Run:
         if role == "base":
             return self.cfg.model
         if role == "cast":  # the weights of the model the cast stage steered, as its steering.json says
-            import json
+            from .steer import steering_meta
 
-            meta = self.path("models", "cast", "steering.json")
-            if not meta.exists():
-                raise CharterError(f"{meta.parent}: the cast stage has not run yet")
-            return str(self.path("models", json.loads(meta.read_text())["start"]))
+            return str(self.path("models", steering_meta(self)["start"]))
         if role in TRAINED:
             p = self.path("models", role)
             if not (p / "config.json").exists():

@@ -126,23 +126,34 @@ class SteeredBackend:
         return out
 
 
-def steered(run, backend) -> SteeredBackend:
-    """The `cast` role of a run: `backend` (the model the cast stage read) steered as that stage saved."""
+def steering_meta(run) -> dict:
+    """What the run's cast stage saved beside its direction (`start`, `layer`, `add`, ...)."""
     import json
 
+    from .errors import CharterError
+    from .stages.cast import META
+    from .stages.common import CAST_DIR
+
+    path = run.path(CAST_DIR, META)
+    if not path.exists():
+        raise CharterError(f"{path.parent}: the cast stage has not run yet")
+    return json.loads(path.read_text())
+
+
+def steered(run, backend) -> SteeredBackend:
+    """The `cast` role of a run: `backend` (the model the cast stage read) steered as that stage saved."""
     from safetensors.torch import load_file
 
+    from .models import model_key
     from .stages.cast import META, STEERING
     from .stages.common import CAST_DIR
 
     # `Run.model_spec("cast")` names a model folder, so `backend` is a transformers one; the cast stage
     # checked that the supervisor reads requests.
-    from .models import model_key
-
     harm = run.supervisor.request_harm
-    folder = run.path(CAST_DIR)
-    meta = json.loads((folder / META).read_text())
+    folder, meta = run.path(CAST_DIR), steering_meta(run)
     b = SteeredBackend(backend, load_file(folder / STEERING)["direction"], meta["layer"], harm, meta["add"])
     # What caches of its answers are keyed by: the weights and the direction (the layer and `add` with it).
-    b.cache_key = "-".join(model_key(str(p)) for p in (run.model_spec("cast"), folder / STEERING, folder / META))
+    weights = run.path("models", meta["start"])
+    b.cache_key = "-".join(model_key(str(p)) for p in (weights, folder / STEERING, folder / META))
     return b

@@ -268,9 +268,10 @@ def build_engine(spec: str, device: str = "auto", batch_size: int = 16, timeout:
     from ..run import open_model
 
     backend = open_model(spec, device)
-    if type(getattr(backend, "inner", backend)).__name__ == "HFBackend":  # plain or steered (a cast run)
+    weights = getattr(backend, "inner", backend)  # a cast run's steered model wraps its transformers one
+    if type(weights).__name__ == "HFBackend":
         from .hf_stream import HFEngine
 
-        getattr(backend, "inner", backend).progress = False
+        weights.progress = False
         return HFEngine(backend, batch_size)
     return BackendEngine(backend, batch_size)

@@ -42,6 +42,12 @@ def read_manifest(run_dir) -> dict | None:
         raise CharterError(f"{path}: unreadable manifest ({e})") from None
 
 
+def steered(manifest: dict) -> bool:
+    """Whether a run's model is the steered one: its cast stage ran, and its config still has cast on."""
+    on = ((manifest.get("config") or {}).get("cast") or {}).get("enabled")
+    return bool(on) and ((manifest.get("stages") or {}).get("cast") or {}).get("status") == "done"
+
+
 def final_model(run_dir, manifest: dict | None = None, hint: str = "") -> Path | None:
     """The folder of a run's final model, or None when `run_dir` is not a run directory. A run that has not
     trained it yet is an error; `hint` says what the caller could do instead."""
