@@ -1,7 +1,7 @@
 """Which features should the supervisor's request-harm probe read? Cross-validation, validation and outside sets.
 
     python benchmarks/supervisor_cv.py [--depths 0.4 0.5 0.6 0.667 0.733 0.833] [--weight-decay 0.1]
-                                       [--suite-limit N]
+                                       [--suite-limit N] [--layer-sets 15,20,25 8,12,16 ...] [--no-minilm]
 
 Training data is what `charter run configs/default.yaml` trains the supervisor on (`supervise/data.py`: the
 default constitution's examples, the pools' train split, charter's supervisor data and wrappers, AdvBench and
@@ -14,7 +14,8 @@ is scored by:
   **Settings are chosen on these.**
 - suites it never trains on or is tuned on, reported beside: XSTest prompts (F1, safe flagged), HarmBench test
   and HarmBench test in PyRIT jailbreak templates (recall), benign dev requests in those templates (flagged).
-A frozen all-MiniLM-L6-v2 probe is the baseline row. Writes benchmarks/supervisor_cv.json.
+A frozen all-MiniLM-L6-v2 probe is the baseline row (`--no-minilm` skips it). Writes benchmarks/supervisor_cv.json
+(or `--out`).
 """
 from __future__ import annotations
 
@@ -56,7 +57,13 @@ def main():
     ap.add_argument("--depths", type=float, nargs="+", default=[0.4, 0.5, 0.6, 0.667, 0.733, 0.833])
     ap.add_argument("--weight-decay", type=float, nargs="+", default=[0.1])
     ap.add_argument("--suite-limit", type=int, default=None, help="a seeded sample per outside suite")
+    ap.add_argument("--layer-sets", nargs="+", default=None,
+                    help="layer numbers to compare, comma-separated per setting, each with all three poolings "
+                         "(the depths read are then these layers); default: the middle depth, every other one, all")
+    ap.add_argument("--no-minilm", action="store_true", help="skip the all-MiniLM-L6-v2 baseline row")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "supervisor_cv.json"))
     a = ap.parse_args()
+    layer_sets = [[int(x) for x in s.split(",")] for s in a.layer_sets] if a.layer_sets else None
 
     import torch
 
@@ -98,9 +105,18 @@ def main():
             results.append(row)
             print(json.dumps(row), flush=True)
 
-    router = Router(load_constitution("default"), [])
-    report("all-MiniLM-L6-v2, frozen", *featurise(router.embed))
-    probe = Probe("default", tuple(a.depths), "cpu")
+    if not a.no_minilm:
+        router = Router(load_constitution("default"), [])
+        report("all-MiniLM-L6-v2, frozen", *featurise(router.embed))
+    depths = a.depths
+    if layer_sets:
+        from transformers import AutoConfig
+
+        from charter.models import resolve_model
+
+        n = AutoConfig.from_pretrained(resolve_model("default")).num_hidden_layers
+        depths = [layer / n for layer in sorted({x for ls in layer_sets for x in ls})]
+    probe = Probe("default", tuple(depths), "cpu")
     xs, secs = featurise(probe.features)
     d = probe.model.config.hidden_size
 
@@ -116,11 +132,12 @@ def main():
 
     top = probe.layers
     mid = top[len(top) // 2]
-    settings = [([mid], ("mean", "last")), (top[1::2], parts_all), (top, parts_all)]
+    settings = ([(ls, parts_all) for ls in layer_sets] if layer_sets else
+                [([mid], ("mean", "last")), (top[1::2], parts_all), (top, parts_all)])
     for layers, parts in settings:
         c = cols(layers, parts)
         report(f"SmolLM2-135M layers {layers} {'+'.join(parts)}", {k: v[:, c] for k, v in xs.items()}, secs)
-    (ROOT / "benchmarks" / "supervisor_cv.json").write_text(json.dumps(results, indent=1) + "\n")
+    Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
 
 
 def _brief(s):

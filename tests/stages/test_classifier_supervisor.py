@@ -70,6 +70,26 @@ def test_a_request_after_a_long_preamble_is_read(tiny_model):
     assert short.truncated == 2 and not torch.allclose(y[0], y[1])
 
 
+def test_the_shared_opening_is_read_once_and_the_features_do_not_change(tiny_model):
+    probe = classifier.Probe(str(tiny_model), (0.5, 1.0), "cpu", dtype="float32", max_tokens=64)
+    # A system turn, as chat models add by default: every rendering starts with the same tokens.
+    probe.tok.chat_template = "<s> you are a helpful assistant and you answer every question well </s> " + \
+        probe.tok.chat_template
+    cut = " ".join(["Please read these rules ."] * 30)  # over the 64-token context: its end is kept, read whole
+    mid = " ".join(["bread"] * 40)  # its tail lies inside the request; the short ones' tails reach into the prefix
+    texts = HARMFUL + BENIGN + [cut, mid, "hi"]
+    assert len(probe._prefix()[0]) > 10
+    seen = []
+    hook = probe.body.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].numel()), with_kwargs=True)
+    shared = probe.features(texts)
+    read_shared, seen[:] = sum(seen), []
+    whole = probe.features(texts, shared_prefix=False)
+    hook.remove()
+    assert torch.allclose(shared, whole, atol=1e-5)
+    assert probe.truncated == 2  # the long text, once per read
+    assert read_shared < sum(seen) * 0.75
+
+
 def test_not_covers_examples_change_verdicts_on_their_kind(tiny_model, tmp_cache, tmp_path):
     """The user's lever: examples of a kind of request in `not_covers` move the probe's verdicts on that kind."""
     # A kind the default training data treats as harmful (an organisation that does penetration testing

@@ -26,6 +26,7 @@ and it never reads instructions in the judged text, so it cannot be talked round
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -92,12 +93,42 @@ class Probe:
         self.max_tokens = max_tokens or getattr(self.model.config, "max_position_embeddings", 2048) or 2048
         self.tok.padding_side = "right"  # the last real token sits at attention_mask.sum() - 1
         self.truncated = 0
+        self._shared = None  # the shared prefix and its states, on first read
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
         self.mu = self.sd = self.w = self.b = None
 
-    def _encode(self, text: str) -> list[int]:
-        chat = self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+    @torch.inference_mode()
+    def _prefix(self):
+        """The token ids that every request's rendering starts with (for a chat model: the default system turn and
+        the user-turn header), with the body's states for them. Causal attention makes those states the same
+        whatever follows, so they are computed once and every request is read from where it differs; on short
+        requests the shared turn is most of the tokens. Returns (ids, key/value states per layer, per probed
+        layer the sum of the prefix's hidden states and the sums of its last k states, k = 0..len(ids))."""
+        if self._shared is None:
+            a, b = (self.tok(self._render(t), add_special_tokens=False)["input_ids"] for t in ("Hello", "1 ?"))
+            n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            ids = a[:max(0, n - 1)]  # one token back: the last shared one may merge with the request's first
+            if len(ids) < 2:
+                self._shared = ([], None, None)
+                return self._shared
+            out = self.body(input_ids=torch.tensor([ids], device=self.model.device), use_cache=True,
+                            output_hidden_states=True)
+            cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5.25
+            kv = [(layer.keys, layer.values) for layer in cache.layers[:len(self.body.layers)]]
+            sums = {}
+            for l in self.layers:
+                h = out.hidden_states[l][0].float()
+                last_k = torch.cat([h.new_zeros(1, h.shape[-1]), h.flip(0).cumsum(0)])  # last_k[k]: the last k states
+                sums[l] = (h.sum(0), last_k)
+            self._shared = (ids, kv, sums)
+        return self._shared
+
+    def _render(self, text: str) -> str:
+        return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                             add_generation_prompt=True)
-        ids = self.tok(chat, add_special_tokens=False)["input_ids"]
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.tok(self._render(text), add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_tokens:
             # Longer than the model's context: keep the end, where the request and the generation prompt
             # are, and count it (`truncated`), rather than dropping the tail as a fixed cut would.
@@ -108,46 +139,77 @@ class Probe:
         return ids
 
     @torch.inference_mode()
-    def features(self, texts, token_budget: int = 4096) -> torch.Tensor:
-        """Per probed layer: mean-pooled and last-token hidden states of each text, shown as a user turn."""
+    def features(self, texts, token_budget: int = 4096, shared_prefix: bool = True) -> torch.Tensor:
+        """Per probed layer: mean-pooled, tail-pooled and last-token hidden states of each text, shown as a user
+        turn. `shared_prefix` reads the common opening once (`_prefix`); the features are those of the whole
+        rendering either way."""
         encoded = [self._encode(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths pad little
+        prefix, kv, sums = self._prefix() if shared_prefix else ([], None, None)
+        p = len(prefix)
+        # A text that does not start with the prefix (cut to the context, or tokenised differently at the seam)
+        # is read whole.
+        starts = [p > 0 and len(e) > p and e[:p] == prefix for e in encoded]
         out = [None] * len(texts)
-        dev = self.model.device
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         from tqdm import tqdm
 
         # A bar only for big reads (training, calibration suites), not for each labelling chunk.
         bar = tqdm(total=len(texts), desc="supervisor features", unit="text", disable=len(texts) < 256, leave=False)
+        for shared in (True, False):
+            rows = {i: encoded[i][p:] if shared else encoded[i] for i in range(len(texts)) if starts[i] == shared}
+            for idx, f in self._read(rows, token_budget, *((kv, sums, p) if shared else (None, None, 0))):
+                for k, x in zip(idx, f):
+                    out[k] = x
+                bar.update(len(idx))
+        bar.close()
+        return torch.stack(out)
+
+    def _read(self, rows: dict, token_budget: int, kv, sums, p: int):
+        """Batches of (row indices, features) for `rows` (index -> token ids), after a prefix of `p` tokens
+        whose key/value states are `kv` (none when p is 0)."""
+        order = sorted(rows, key=lambda i: len(rows[i]))  # similar lengths pad little
+        dev = self.model.device
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         i = 0
         while i < len(order):
             # Batches are bounded by padded tokens, not rows, so long requests do not blow up memory.
             j = i + 1
-            while j < len(order) and len(encoded[order[j]]) * (j + 1 - i) <= token_budget:
+            while j < len(order) and (p + len(rows[order[j]])) * (j + 1 - i) <= token_budget:
                 j += 1
             idx = order[i:j]
-            width = len(encoded[idx[-1]])
+            width = len(rows[idx[-1]])
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, k in enumerate(idx):
-                ids[row, :len(encoded[k])] = torch.tensor(encoded[k])
-                mask[row, :len(encoded[k])] = 1
+            for r, k in enumerate(idx):
+                ids[r, :len(rows[k])] = torch.tensor(rows[k])
+                mask[r, :len(rows[k])] = 1
             ids, mask = ids.to(dev), mask.to(dev)
-            hidden = self.body(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-            lengths = mask.sum(1, keepdim=True)
-            rows = torch.arange(len(idx), device=dev)
-            # The tail: the last TAIL tokens, where a request usually sits after pasted context or a preamble.
+            attend, kw = mask, {}
+            if p:  # each row continues from the prefix's key/value states, which it attends to as well
+                from transformers import DynamicCache
+
+                n = len(idx)
+                attend = torch.cat([mask.new_ones(n, p), mask], 1)
+                kw[self._cache_kw] = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
+                                                  config=self.model.config)
+            hidden = self.body(input_ids=ids, attention_mask=attend, output_hidden_states=True, use_cache=bool(p),
+                               **kw).hidden_states
+            n_rest = mask.sum(1)
+            total = (n_rest + p).unsqueeze(1).float()  # each text's whole length, prefix included
+            r = torch.arange(len(idx), device=dev)
+            # The tail: the last TAIL tokens, where a request usually sits after pasted context or a preamble;
+            # for a short request it reaches back into the prefix.
             pos = torch.arange(width, device=dev).unsqueeze(0)
-            tail = mask * (pos >= lengths - TAIL)
-            feats = torch.cat([torch.cat([mean_pool(hidden[l].float(), mask), mean_pool(hidden[l].float(), tail),
-                                          hidden[l][rows, lengths.squeeze(1) - 1].float()], -1)
-                               for l in self.layers], -1)
-            for k, f in zip(idx, feats.cpu()):
-                out[k] = f
-            bar.update(len(idx))
+            tail = (mask * (pos >= n_rest.unsqueeze(1) - TAIL)).unsqueeze(-1).float()
+            back = (TAIL - n_rest).clamp(0, p)
+            feats = []
+            for l in self.layers:
+                h = hidden[l].float()
+                s, last_k = sums[l] if p else (0.0, h.new_zeros(1, h.shape[-1]))
+                feats += [(s + (h * mask.unsqueeze(-1)).sum(1)) / total,
+                          (last_k[back] + (h * tail).sum(1)) / total.clamp(max=TAIL),
+                          h[r, n_rest - 1]]
+            yield idx, torch.cat(feats, -1).cpu()
             i = j
-        bar.close()
-        return torch.stack(out)
 
     def fit(self, texts, labels, weight_decay=0.1, weights=None):
         self.mu, self.sd, self.w, self.b = fit_logistic(self.features(texts), labels, weight_decay, weights)
@@ -156,9 +218,12 @@ class Probe:
         if not texts:
             return []
         uniq = list(dict.fromkeys(texts))  # a prompt judged against many pairs is read once
-        x = (self.features(uniq) - self.mu) / self.sd
-        p = dict(zip(uniq, torch.sigmoid(x @ self.w + self.b).tolist()))
+        p = dict(zip(uniq, self.score(self.features(uniq))))
         return [p[t] for t in texts]
+
+    def score(self, feats: torch.Tensor) -> list[float]:
+        """P(harmful) from features already read."""
+        return torch.sigmoid((feats - self.mu) / self.sd @ self.w + self.b).tolist()
 
     def state_dict(self):
         return {"mu": self.mu, "sd": self.sd, "w": self.w, "b": self.b}
@@ -264,7 +329,7 @@ def _train_or_load(constitution, pool_rows, model, depths, weight_decay, public,
         raise CharterError("supervisor: training data needs both harmful and benign requests "
                            "(check the constitution's examples and the prompt pools)")
     probe = Probe(model, depths, device, dtype=dtype)
-    key = hashlib.sha256(json.dumps(["probe-v4", texts, labels, weights, models.model_key(models.resolve_model(model)),
+    key = hashlib.sha256(json.dumps(["probe-v5", texts, labels, weights, models.model_key(models.resolve_model(model)),
                                      probe.layers, weight_decay, str(probe.dtype)]).encode()).hexdigest()[:16]
     folder = models.cache_dir() / "supervisors" / f"probe-{key}"
     weights_file = folder / "probe.safetensors"
