@@ -77,7 +77,6 @@ def main():
     # What the shipped probe's weights read from each path (they were fitted on one of them).
     sup = get_supervisor("default")
     if sup.clf.dtype == probe.dtype:
-        sup.clf._shared = None
         texts = sets["training_requests"] + sets["answers"]
         p = {k: sup.clf.score(torch.cat([feats[n, k] for n in ("training_requests", "answers")]))
              for k in (True, False)}

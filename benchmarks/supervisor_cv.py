@@ -59,7 +59,8 @@ def main():
     ap.add_argument("--suite-limit", type=int, default=None, help="a seeded sample per outside suite")
     ap.add_argument("--layer-sets", nargs="+", default=None,
                     help="layer numbers to compare, comma-separated per setting, each with all three poolings "
-                         "(the depths read are then these layers); default: the middle depth, every other one, all")
+                         "(the depths read are then these layers; `feature_seconds` is then the one read of all "
+                         "of them); default: the middle depth, every other one, all")
     ap.add_argument("--no-minilm", action="store_true", help="skip the all-MiniLM-L6-v2 baseline row")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "supervisor_cv.json"))
     a = ap.parse_args()

@@ -76,14 +76,16 @@ def test_the_shared_opening_is_read_once_and_the_features_do_not_change(tiny_mod
     probe.tok.chat_template = "<s> you are a helpful assistant and you answer every question well </s> " + \
         probe.tok.chat_template
     cut = " ".join(["Please read these rules ."] * 30)  # over the 64-token context: its end is kept, read whole
-    mid = " ".join(["bread"] * 40)  # its tail lies inside the request; the short ones' tails reach into the prefix
-    texts = HARMFUL + BENIGN + [cut, mid, "hi"]
+    # Tails: inside the request (40 words), partly in the prefix (24), or the whole prefix (the short ones).
+    mid, part = " ".join(["bread"] * 40), " ".join(["soup"] * 24)
+    texts = HARMFUL + BENIGN + [cut, mid, part, "hi"]
     assert len(probe._prefix()[0]) > 10
     seen = []
     hook = probe.body.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].numel()), with_kwargs=True)
-    shared = probe.features(texts)
+    shared = probe.features(texts, token_budget=120)  # several batches, each from the same prefix states
+    assert len(seen) > 3
     read_shared, seen[:] = sum(seen), []
-    whole = probe.features(texts, shared_prefix=False)
+    whole = probe.features(texts, token_budget=120, shared_prefix=False)
     hook.remove()
     assert torch.allclose(shared, whole, atol=1e-5)
     assert probe.truncated == 2  # the long text, once per read

@@ -48,6 +48,16 @@ def native_bf16(device) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def cache_kwarg(model) -> str:
+    """The name of forward's key/value cache argument: transformers 5.x renamed `past_key_values` to `cache`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The key/value cache a forward pass returned, under either name."""
+    return out.cache if "cache" in out else out.past_key_values
+
+
 def resolve_dtype(precision: str, device) -> torch.dtype:
     """`auto`: bfloat16 where it is native, float32 elsewhere; or the precision named."""
     if precision == "auto":
@@ -98,8 +108,7 @@ class HFBackend:
         self.progress = progress
         self.max_context = getattr(model.config, "max_position_embeddings", 2048) or 2048
         self.truncated = 0  # prompts cut to fit the context
-        # transformers renamed forward's `past_key_values` to `cache` in 5.x; pass whichever this version takes.
-        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_kw = cache_kwarg(model)
 
     def render(self, messages, add_generation_prompt=True) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -170,7 +179,7 @@ class HFBackend:
             return logp[torch.arange(len(contexts)), last][:, option_ids].tolist()
         n, dev = len(ids), self.device
         out = self.model(input_ids=torch.tensor([ids[0][:k]], device=dev), use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = output_cache(out)
         cache.batch_repeat_interleave(n)
         suffix = [x[k:] for x in ids]
         width = max(map(len, suffix))

@@ -26,7 +26,6 @@ and it never reads instructions in the judged text, so it cannot be talked round
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -73,7 +72,7 @@ class Probe:
 
     def __init__(self, model: str, depths=(0.5, 0.667, 0.833), device: str = "auto", max_tokens: int | None = None,
                  dtype: str = "auto"):
-        from ..backends.hf import load_model, pick_device, resolve_dtype
+        from ..backends.hf import cache_kwarg, load_model, pick_device, resolve_dtype
 
         # bfloat16 where native: features differ from float32's by under 1%, and the probe is trained on the
         # precision it reads.
@@ -94,7 +93,7 @@ class Probe:
         self.tok.padding_side = "right"  # the last real token sits at attention_mask.sum() - 1
         self.truncated = 0
         self._shared = None  # the shared prefix and its states, on first read
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
+        self._cache_kw = cache_kwarg(self.body)
         self.mu = self.sd = self.w = self.b = None
 
     @torch.inference_mode()
@@ -108,13 +107,21 @@ class Probe:
             a, b = (self.tok(self._render(t), add_special_tokens=False)["input_ids"] for t in ("Hello", "1 ?"))
             n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             ids = a[:max(0, n - 1)]  # one token back: the last shared one may merge with the request's first
-            if len(ids) < 2:
-                self._shared = ([], None, None)
+            self._shared = ([], None, None)  # read every text whole, unless the states below can be reused
+            if len(ids) < 2 or not hasattr(self.body, "layers"):
                 return self._shared
             out = self.body(input_ids=torch.tensor([ids], device=self.model.device), use_cache=True,
                             output_hidden_states=True)
-            cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5.25
-            kv = [(layer.keys, layer.values) for layer in cache.layers[:len(self.body.layers)]]
+            from transformers.cache_utils import DynamicLayer
+
+            from ..backends.hf import output_cache
+
+            layers = output_cache(out).layers[:len(self.body.layers)]
+            # Plain attention layers only: a sliding window, a recurrent or an indexed layer keeps state that
+            # keys and values alone do not carry.
+            if not all(type(layer) is DynamicLayer for layer in layers):
+                return self._shared
+            kv = [(layer.keys, layer.values) for layer in layers]
             sums = {}
             for l in self.layers:
                 h = out.hidden_states[l][0].float()
