@@ -40,6 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `charter serve` sets it: model and guard share the cores
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def pct(xs, q):
@@ -184,13 +185,9 @@ def input_latency(guard, tok, prompts, repeats):
         t0 = time.perf_counter()
         guard.check_input([{"role": "user", "content": p}])
         ms.append(1000 * (time.perf_counter() - t0))
-    base = ("Please summarise the following notes from our gardening club meeting, keeping every decision "
-            "and who is responsible for it. ")
-    text = base
-    while len(tok(text, add_special_tokens=False).input_ids) < 500:
-        text += base
-    ids = tok(text, add_special_tokens=False).input_ids[:500]
-    long = tok.decode(ids)
+    from run import long_request
+
+    long = long_request(tok, 500)
     guard.check_input([{"role": "user", "content": long}])  # warm
     ms500 = []
     for _ in range(repeats):

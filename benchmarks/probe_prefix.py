@@ -23,9 +23,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def workloads(probe, n_requests: int) -> dict[str, list[str]]:
+    from run import long_request
+
     from charter.constitution import load_constitution
     from charter.supervise import data
 
@@ -33,11 +36,7 @@ def workloads(probe, n_requests: int) -> dict[str, list[str]]:
     requests = random.Random(0).sample(texts, min(n_requests, len(texts)))
     fixture = ROOT / "tests" / "fixtures" / "refusal_smollm135m.jsonl"
     answers = [json.loads(line)["response"] for line in fixture.read_text().splitlines() if line.strip()]
-    base = ("Please summarise the following notes from our gardening club meeting, keeping every decision "
-            "and who is responsible for it. ")
-    long = base * 40
-    long = probe.tok.decode(probe.tok(long, add_special_tokens=False).input_ids[:500])
-    return {"training_requests": requests, "answers": answers, "request_500_tokens": [long]}
+    return {"training_requests": requests, "answers": answers, "request_500_tokens": [long_request(probe.tok, 500)]}
 
 
 def main():

@@ -85,6 +85,16 @@ def bench_labelling(backend, constitution, items):
     return {"fast_pairs_s": round(len(items) / fast, 2), "naive_pairs_s": round(len(items) / naive, 2)}
 
 
+def long_request(tok, n: int = 500) -> str:
+    """An ordinary request of exactly `n` tokens (the serving guard's latency case): meeting notes to summarise."""
+    base = ("Please summarise the following notes from our gardening club meeting, keeping every decision "
+            "and who is responsible for it. ")
+    text = base
+    while len(tok(text, add_special_tokens=False).input_ids) < n:
+        text += base
+    return tok.decode(tok(text, add_special_tokens=False).input_ids[:n])
+
+
 def s_per_step(stats) -> float:
     """Seconds per optimiser step of one `train.train_stats` result."""
     return round(stats["train_seconds"] / max(1, stats["steps"]), 2)
