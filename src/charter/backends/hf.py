@@ -65,6 +65,47 @@ def resolve_dtype(precision: str, device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
 
 
+class NucleusSampler:
+    """Nucleus sampling (Holtzman et al. 2019, arXiv 1904.09751) as a logits processor: it draws the next
+    token itself and hands `generate` a row that greedy decoding can only read one way.
+
+    Why not transformers' own sampler: its top-p sorts the whole vocabulary and its multinomial draws an
+    exponential for every word, at every step, for every row; on a 2-core CPU with SmolLM2's 49k words that
+    was more time than the model's matrix products (README, "Speed"). Here the `k` most probable words are the
+    candidates; a row whose nucleus reaches past them falls back to the full sort, so the distribution is
+    nucleus sampling's exactly: the most probable words whose mass before each is below `top_p`."""
+
+    def __init__(self, temperature: float, top_p: float | None, k: int = 256):
+        self.temperature, self.top_p, self.k = temperature, top_p if top_p is not None else 1.0, k
+
+    def __call__(self, input_ids, scores):
+        probs = (scores / self.temperature).softmax(-1)
+        if self.top_p >= 1:  # the whole distribution
+            return torch.full_like(scores, float("-inf")).scatter_(-1, torch.multinomial(probs, 1), 0.0)
+        vals, idx = probs.topk(min(self.k, probs.shape[-1]), dim=-1)
+        short = vals.sum(-1) < self.top_p  # the candidates hold less than the nucleus's mass
+        token = torch.empty(len(probs), 1, dtype=torch.long, device=probs.device)
+        for rows, full in ((~short, False), (short, True)):
+            if not rows.any():
+                continue
+            v, i = probs[rows].sort(-1, descending=True) if full else (vals[rows], idx[rows])
+            keep = (v.cumsum(-1) - v) < self.top_p  # the mass before each word is below top_p
+            keep[:, 0] = True  # top_p 0 is greedy
+            v = v * keep
+            token[rows] = i.gather(-1, torch.multinomial(v, 1))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
+
+
+def sampling_kwargs(temperature: float, top_p: float | None) -> dict:
+    """`generate` arguments for greedy decoding at temperature 0, else nucleus sampling (`NucleusSampler`)."""
+    from transformers import LogitsProcessorList
+
+    kw = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if temperature > 0:
+        kw["logits_processor"] = LogitsProcessorList([NucleusSampler(temperature, top_p)])
+    return kw
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -136,11 +177,8 @@ class HFBackend:
                                      leave=False)):
             enc = self._encode([texts[i] for i in idx], params.max_new_tokens)
             torch.manual_seed(params.seed * 100003 + b)
-            sample = params.temperature > 0
-            gen = self.model.generate(
-                **enc, max_new_tokens=params.max_new_tokens, do_sample=sample,
-                temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
-                top_k=None, pad_token_id=self.tok.pad_token_id)
+            gen = self.model.generate(**enc, max_new_tokens=params.max_new_tokens, pad_token_id=self.tok.pad_token_id,
+                                      **sampling_kwargs(params.temperature, params.top_p))
             new = gen[:, enc["input_ids"].shape[1]:]
             for i, row in zip(idx, self.tok.batch_decode(new, skip_special_tokens=True)):
                 out[i] = row.strip()

@@ -14,6 +14,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from ..backends.hf import sampling_kwargs
 from .engines import Batcher, Sampling
 
 
@@ -92,12 +93,11 @@ class HFEngine:
         s = jobs[0].sampling
         if s.seed is not None:
             torch.manual_seed(s.seed)
-        sample = s.temperature > 0
         rows = [_Row(j, b.tok, self.eos) for j in jobs]
         # A run whose cast stage ran is served steered: each row by the supervisor's reading of its request.
         steer = getattr(b, "steer_rows", None)
         with steer([j.messages for j in jobs]) if steer else contextlib.nullcontext():
             b.model.generate(
-                **enc, max_new_tokens=max_new, do_sample=sample, temperature=s.temperature if sample else None,
-                top_p=s.top_p if sample else None, top_k=None, pad_token_id=b.tok.pad_token_id,
+                **enc, max_new_tokens=max_new, pad_token_id=b.tok.pad_token_id,
+                **sampling_kwargs(s.temperature, s.top_p),
                 streamer=_RowStreamer(rows), stopping_criteria=StoppingCriteriaList([_RowStop(rows)]))
