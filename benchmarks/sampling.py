@@ -6,8 +6,9 @@ top-p sampling, measured in one run on this machine.
 The workload is what the generate and pairs stages do: the default pools' training prompts (harmful, ordinary
 and lookalike, a seeded sample), batches of 64, temperature 0.7, top-p 0.95. Both samplers run in the order
 charter, transformers, transformers, charter, so that warm-up and drift weigh on both alike. Besides the
-seconds it prints what should not move, since both draw from the same distribution: the mean answer length
-and the share of answers the lexical judge reads as refusals; and how many answers came out the same. Writes benchmarks/sampling.json.
+seconds it prints what should not move, since both draw from the same distribution (the mean answer length
+and the share of answers the lexical judge reads as refusals), and how many answers came out the same.
+Writes benchmarks/sampling.json.
 """
 from __future__ import annotations
 
@@ -40,13 +41,13 @@ def main():
 
     from charter import prompts as pools
     from charter.backends import hf
-    from charter.backends.base import GenParams
+    from charter.backends import GenParams, user
     from charter.evals.refusal import is_refusal
 
     rows = [r for kind in ("redteam", "helpful", "lookalike") for r in pools.read_prompt_file(pools.builtin_file(kind))
             if r["split"] == "train"]
     rows = random.Random(0).sample(rows, min(a.prompts, len(rows)))
-    msgs = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    msgs = [user(r["prompt"]) for r in rows]
     backend = hf.HFBackend("default", precision=a.precision, progress=False)
     params = GenParams(a.max_new, 0.7, 0.95, seed=0, batch_size=64)
     backend.generate(msgs[:8], params)  # warm the kernels
