@@ -58,6 +58,28 @@ def output_cache(out):
     return out.cache if "cache" in out else out.past_key_values
 
 
+def prefix_states(model, ids, **kw):
+    """One forward pass over `ids`, whose key/value states every sequence that starts with them can share:
+    (the model's output, the states per layer). The states are None where a model's cache holds more than
+    plain keys and values (a sliding window, a recurrent or an indexed layer), which cannot be shared so.
+    The LM head is skipped: a prefix's logits are never read."""
+    from transformers.cache_utils import DynamicLayer
+
+    body = getattr(model, "base_model", model)
+    out = body(input_ids=torch.tensor([ids], device=model.device), use_cache=True, **kw)
+    layers = output_cache(out).layers
+    if not all(type(layer) is DynamicLayer for layer in layers):
+        return out, None
+    return out, [(layer.keys, layer.values) for layer in layers]
+
+
+def repeated_cache(kv, n: int, model):
+    """A fresh cache holding the states `prefix_states` returned, seen by `n` sequences (expanded, not copied)."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv], config=model.config)
+
+
 def resolve_dtype(precision: str, device) -> torch.dtype:
     """`auto`: bfloat16 where it is native, float32 elsewhere; or the precision named."""
     if precision == "auto":
@@ -175,7 +197,7 @@ class HFBackend:
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         for b, idx in enumerate(tqdm(batches, desc="generate", disable=not self.progress or len(batches) < 2,
                                      leave=False)):
-            enc = self._encode([texts[i] for i in idx], params.max_new_tokens)
+            enc = self._shared_encode([texts[i] for i in idx], params.max_new_tokens)
             torch.manual_seed(params.seed * 100003 + b)
             gen = self.model.generate(**enc, max_new_tokens=params.max_new_tokens, pad_token_id=self.tok.pad_token_id,
                                       **sampling_kwargs(params.temperature, params.top_p))
@@ -183,6 +205,28 @@ class HFBackend:
             for i, row in zip(idx, self.tok.batch_decode(new, skip_special_tokens=True)):
                 out[i] = row.strip()
         return out
+
+    @torch.inference_mode()
+    def _shared_encode(self, texts, budget: int) -> dict:
+        """`generate` arguments for a batch whose prompts open alike, run from one pass over that opening.
+
+        Every chat prompt opens with the same system turn and user header, and a few-shot prompt (GSM8K's four
+        worked problems) with the same examples. Causal attention makes those states the same in every row, so
+        the opening is run once, its key/value states are repeated across the batch, and each row is prefilled
+        from where it differs: [opening | left padding | own tokens]. Positions come from the attention mask,
+        so each row's tokens keep the positions they have when the prompt is run whole."""
+        rows = [self.tok(t, add_special_tokens=False).input_ids for t in texts]
+        limit = self.max_context - budget
+        k = common_prefix_len(rows) if len(rows) > 1 and max(map(len, rows)) <= limit else 0
+        kv = prefix_states(self.model, rows[0][:k])[1] if k >= 8 else None
+        if kv is None:
+            return self._encode(texts, budget)
+        width = max(len(r) for r in rows) - k
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        ids = torch.tensor([rows[0][:k] + [pad] * (width - len(r) + k) + r[k:] for r in rows], device=self.device)
+        mask = torch.tensor([[1] * k + [0] * (width - len(r) + k) + [1] * (len(r) - k) for r in rows],
+                            device=self.device)
+        return {"input_ids": ids, "attention_mask": mask, self._cache_kw: repeated_cache(kv, len(rows), self.model)}
 
     @torch.inference_mode()
     def _logits(self, texts):
@@ -211,14 +255,13 @@ class HFBackend:
         option_ids = option_token_ids(lambda o: self.tok(o, add_special_tokens=False).input_ids, options)
         ids = [self.tok(c, add_special_tokens=False).input_ids for c in contexts]
         k = common_prefix_len(ids) if len(ids) > 1 else 0
-        if k < 8:  # nothing worth sharing
+        kv = prefix_states(self.model, ids[0][:k])[1] if k >= 8 else None  # under 8 tokens, nothing worth sharing
+        if kv is None:
             logp, enc = self._logits(list(contexts))
             last = enc.attention_mask.sum(1) - 1
             return logp[torch.arange(len(contexts)), last][:, option_ids].tolist()
         n, dev = len(ids), self.device
-        out = self.model(input_ids=torch.tensor([ids[0][:k]], device=dev), use_cache=True)
-        cache = output_cache(out)
-        cache.batch_repeat_interleave(n)
+        cache = repeated_cache(kv, n, self.model)
         suffix = [x[k:] for x in ids]
         width = max(map(len, suffix))
         pad = self.tok.pad_token_id

@@ -87,7 +87,9 @@ class HFEngine:
     def _run(self, jobs):
         b = self.backend
         max_new = max(j.sampling.max_tokens for j in jobs)
-        enc = b._encode([b.render(j.messages) for j in jobs], max_new)
+        # A steered backend edits each row by its own request's flag, so rows cannot share an opening run once.
+        steer = getattr(b, "steer_rows", None)
+        enc = (b._encode if steer else b._shared_encode)([b.render(j.messages) for j in jobs], max_new)
         for j, n in zip(jobs, enc["attention_mask"].sum(1).tolist()):
             j.stats["prompt_tokens"] = int(n)
         s = jobs[0].sampling
@@ -95,7 +97,6 @@ class HFEngine:
             torch.manual_seed(s.seed)
         rows = [_Row(j, b.tok, self.eos) for j in jobs]
         # A run whose cast stage ran is served steered: each row by the supervisor's reading of its request.
-        steer = getattr(b, "steer_rows", None)
         with steer([j.messages for j in jobs]) if steer else contextlib.nullcontext():
             b.model.generate(
                 **enc, max_new_tokens=max_new, pad_token_id=b.tok.pad_token_id,

@@ -110,18 +110,12 @@ class Probe:
             self._shared = ([], None, None)  # read every text whole, unless the states below can be reused
             if len(ids) < 2 or not hasattr(self.body, "layers"):
                 return self._shared
-            out = self.body(input_ids=torch.tensor([ids], device=self.model.device), use_cache=True,
-                            output_hidden_states=True)
-            from transformers.cache_utils import DynamicLayer
+            from ..backends.hf import prefix_states
 
-            from ..backends.hf import output_cache
-
-            layers = output_cache(out).layers[:len(self.body.layers)]
-            # Plain attention layers only: a sliding window, a recurrent or an indexed layer keeps state that
-            # keys and values alone do not carry.
-            if not all(type(layer) is DynamicLayer for layer in layers):
+            out, kv = prefix_states(self.body, ids, output_hidden_states=True)
+            if kv is None:
                 return self._shared
-            kv = [(layer.keys, layer.values) for layer in layers]
+            kv = kv[:len(self.body.layers)]
             sums = {}
             for l in self.layers:
                 h = out.hidden_states[l][0].float()
@@ -192,12 +186,10 @@ class Probe:
             ids, mask = ids.to(dev), mask.to(dev)
             attend, kw = mask, {}
             if p:  # each row continues from the prefix's key/value states, which it attends to as well
-                from transformers import DynamicCache
+                from ..backends.hf import repeated_cache
 
-                n = len(idx)
-                attend = torch.cat([mask.new_ones(n, p), mask], 1)
-                kw[self._cache_kw] = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
-                                                  config=self.model.config)
+                attend = torch.cat([mask.new_ones(len(idx), p), mask], 1)
+                kw[self._cache_kw] = repeated_cache(kv, len(idx), self.model)
             hidden = self.body(input_ids=ids, attention_mask=attend, output_hidden_states=True, use_cache=bool(p),
                                **kw).hidden_states
             n_rest = mask.sum(1)
