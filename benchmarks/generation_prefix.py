@@ -1,4 +1,4 @@
-"""Batched generation that runs the prompts' common opening once (`HFBackend._shared_encode`) against running
+"""Batched generation that runs the prompts' common opening once (`HFBackend._encode`) against running
 every prompt whole, measured in one run on this machine.
 
     python benchmarks/generation_prefix.py [--prompts 128] [--gsm8k 20] [--precision auto]
@@ -19,24 +19,28 @@ import json
 import os
 import random
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def timed(backend, msgs, params):
     """Seconds and answers of each path, run shared, whole, whole, shared."""
-    shared = backend._shared_encode
-    secs, answers = {"shared": [], "whole": []}, {}
-    for name in ("shared", "whole", "whole", "shared"):
-        backend._shared_encode = shared if name == "shared" else backend._encode
-        t0 = time.perf_counter()
-        answers[name] = backend.generate(msgs, params)
-        secs[name].append(time.perf_counter() - t0)
-    backend._shared_encode = shared
+    import functools
+
+    from run import alternating
+
+    def whole():
+        backend._encode = functools.partial(type(backend)._encode, backend, share=False)
+        try:
+            return backend.generate(msgs, params)
+        finally:
+            del backend._encode
+
+    secs, answers = alternating("shared", lambda: backend.generate(msgs, params), "whole", whole)
     out = {name: {"seconds": round(sum(s) / 2, 2), "runs_s": [round(x, 2) for x in s]} for name, s in secs.items()}
     out["identical_answers"] = sum(x == y for x, y in zip(answers["shared"], answers["whole"]))
     out["speedup"] = round(out["whole"]["seconds"] / out["shared"]["seconds"], 2)

@@ -95,6 +95,17 @@ def long_request(tok, n: int = 500) -> str:
     return tok.decode(tok(text, add_special_tokens=False).input_ids[:n])
 
 
+def alternating(a, run_a, b, run_b):
+    """`run_a` and `run_b` twice each, in the order a, b, b, a, so that warm-up and drift weigh on both alike.
+    Returns the seconds of each one's runs and each one's last result, by name."""
+    secs, results = {a: [], b: []}, {}
+    for name, fn in ((a, run_a), (b, run_b), (b, run_b), (a, run_a)):
+        t0 = time.perf_counter()
+        results[name] = fn()
+        secs[name].append(time.perf_counter() - t0)
+    return secs, results
+
+
 def s_per_step(stats) -> float:
     """Seconds per optimiser step of one `train.train_stats` result."""
     return round(stats["train_seconds"] / max(1, stats["steps"]), 2)

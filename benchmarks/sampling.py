@@ -17,12 +17,12 @@ import json
 import os
 import random
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def transformers_sampling(temperature, top_p):
@@ -38,6 +38,7 @@ def main():
     a = ap.parse_args()
 
     import torch
+    from run import alternating
 
     from charter import prompts as pools
     from charter.backends import hf
@@ -52,13 +53,16 @@ def main():
     params = GenParams(a.max_new, 0.7, 0.95, seed=0, batch_size=64)
     backend.generate(msgs[:8], params)  # warm the kernels
     ours = hf.sampling_kwargs
-    secs, answers = {"charter": [], "transformers": []}, {}
-    for name in ("charter", "transformers", "transformers", "charter"):
-        hf.sampling_kwargs = ours if name == "charter" else transformers_sampling
-        t0 = time.perf_counter()
-        answers[name] = backend.generate(msgs, params)
-        secs[name].append(time.perf_counter() - t0)
-    hf.sampling_kwargs = ours
+
+    def with_transformers_sampler():
+        hf.sampling_kwargs = transformers_sampling
+        try:
+            return backend.generate(msgs, params)
+        finally:
+            hf.sampling_kwargs = ours
+
+    secs, answers = alternating("charter", lambda: backend.generate(msgs, params),
+                                "transformers", with_transformers_sampler)
     out = {"prompts": len(msgs), "max_new_tokens": a.max_new, "dtype": str(backend.dtype),
            "threads": torch.get_num_threads(), "order": "charter, transformers, transformers, charter"}
     for name, texts in answers.items():

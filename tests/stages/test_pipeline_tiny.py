@@ -336,8 +336,10 @@ def test_shared_prefix_scoring_equals_full_scoring(tiny_model):
 
 
 def test_generation_from_a_shared_opening_equals_whole_prompts(tiny_model):
-    """Batched generation runs the prompts' common opening once (`_shared_encode`): in float32 its answers,
+    """Batched generation runs the prompts' common opening once (`HFBackend._encode`): in float32 its answers,
     greedy and sampled under one seed, are those of the prompts run whole, rows of different lengths included."""
+    import functools
+
     from charter.backends import GenParams, get_backend
 
     b = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
@@ -345,18 +347,21 @@ def test_generation_from_a_shared_opening_equals_whole_prompts(tiny_model):
             {"role": "assistant", "content": "use flour water salt and yeast then bake it hot"}]
     prompts = [head + [{"role": "user", "content": q}] for q in
                ("and how long", "what is the best way to make a cake at home with my family", "why")]
-    enc = b._shared_encode([b.render(p) for p in prompts], 8)
+    enc = b._encode([b.render(p) for p in prompts], 8)
     assert b._cache_kw in enc and enc["attention_mask"].sum(1).tolist() == [
         len(b.tok(b.render(p), add_special_tokens=False).input_ids) for p in prompts]
     for params in (GenParams(max_new_tokens=12, temperature=0.0, batch_size=8),
                    GenParams(max_new_tokens=12, temperature=1.0, top_p=0.9, batch_size=8, seed=3)):
         shared = b.generate(prompts, params)
-        b._shared_encode = b._encode  # the whole-prompt path, for this instance only
+        b._encode = functools.partial(type(b)._encode, b, share=False)  # the whole-prompt path, this instance only
         whole = b.generate(prompts, params)
-        del b._shared_encode
+        del b._encode
         assert shared == whole and any(shared), (shared, whole)
+    # Greedy, each prompt alone (no padding, nothing shared) is the reference for both layouts.
+    greedy = GenParams(max_new_tokens=12, temperature=0.0, batch_size=8)
+    assert b.generate(prompts, greedy) == [b.generate([p], greedy)[0] for p in prompts]
     # Prompts that do not open alike are run whole.
-    assert b._cache_kw not in b._shared_encode([b.render([{"role": "user", "content": "hi"}]), "why so"], 8)
+    assert b._cache_kw not in b._encode([b.render([{"role": "user", "content": "hi"}]), "why so"], 8)
 
 
 def test_revise_stops_revising_when_the_first_chunk_shows_the_model_cannot(tiny_model, tmp_path):

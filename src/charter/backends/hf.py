@@ -67,7 +67,8 @@ def prefix_states(model, ids, **kw):
 
     body = getattr(model, "base_model", model)
     out = body(input_ids=torch.tensor([ids], device=model.device), use_cache=True, **kw)
-    layers = output_cache(out).layers
+    # The cache has a slot per configured layer; a body cut short (the probe's) leaves the slots past it empty.
+    layers = output_cache(out).layers[:len(body.layers) if hasattr(body, "layers") else None]
     if not all(type(layer) is DynamicLayer for layer in layers):
         return out, None
     return out, [(layer.keys, layer.values) for layer in layers]
@@ -176,18 +177,6 @@ class HFBackend:
     def render(self, messages, add_generation_prompt=True) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def _encode(self, texts, budget: int):
-        self.tok.padding_side = "left"
-        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        limit = self.max_context - budget
-        if enc.input_ids.shape[1] > limit:
-            # Keep the end of the prompt: the request and the generation prompt live there.
-            n = int((enc.attention_mask.sum(1) > limit).sum())
-            self.truncated += n
-            log.warning("%d prompt(s) longer than the %d-token context were truncated", n, limit)
-            enc = {k: v[:, -limit:] for k, v in enc.items()}
-        return {k: v.to(self.device) for k, v in dict(enc).items()}
-
     @torch.inference_mode()
     def generate(self, prompts, params: GenParams) -> list[str]:
         texts = [self.render(m) for m in prompts]
@@ -197,7 +186,7 @@ class HFBackend:
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         for b, idx in enumerate(tqdm(batches, desc="generate", disable=not self.progress or len(batches) < 2,
                                      leave=False)):
-            enc = self._shared_encode([texts[i] for i in idx], params.max_new_tokens)
+            enc = self._encode([texts[i] for i in idx], params.max_new_tokens)
             torch.manual_seed(params.seed * 100003 + b)
             gen = self.model.generate(**enc, max_new_tokens=params.max_new_tokens, pad_token_id=self.tok.pad_token_id,
                                       **sampling_kwargs(params.temperature, params.top_p))
@@ -207,26 +196,35 @@ class HFBackend:
         return out
 
     @torch.inference_mode()
-    def _shared_encode(self, texts, budget: int) -> dict:
-        """`generate` arguments for a batch whose prompts open alike, run from one pass over that opening.
+    def _encode(self, texts, budget: int, share: bool = True) -> dict:
+        """`generate` arguments for a batch, laid out [shared opening | left padding | own tokens].
 
         Every chat prompt opens with the same system turn and user header, and a few-shot prompt (GSM8K's four
         worked problems) with the same examples. Causal attention makes those states the same in every row, so
-        the opening is run once, its key/value states are repeated across the batch, and each row is prefilled
-        from where it differs: [opening | left padding | own tokens]. Positions come from the attention mask,
-        so each row's tokens keep the positions they have when the prompt is run whole."""
+        with `share` the opening is run once, its key/value states are repeated across the batch, and each row
+        is prefilled from where it differs. Positions come from the attention mask, so each row's tokens keep the
+        positions they have when the prompt is run whole. Without a shared opening (under 8 tokens, `share`
+        off, a cache that cannot be shared) this is plain left padding."""
         rows = [self.tok(t, add_special_tokens=False).input_ids for t in texts]
         limit = self.max_context - budget
-        k = common_prefix_len(rows) if len(rows) > 1 and max(map(len, rows)) <= limit else 0
+        cut = sum(len(r) > limit for r in rows)
+        if cut:
+            # Keep the end of the prompt: the request and the generation prompt live there.
+            self.truncated += cut
+            log.warning("%d prompt(s) longer than the %d-token context were truncated", cut, limit)
+            rows = [r[-limit:] for r in rows]
+        k = common_prefix_len(rows) if share and len(rows) > 1 else 0
         kv = prefix_states(self.model, rows[0][:k])[1] if k >= 8 else None
-        if kv is None:
-            return self._encode(texts, budget)
-        width = max(len(r) for r in rows) - k
+        k = k if kv is not None else 0
+        width = max(map(len, rows)) - k
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         ids = torch.tensor([rows[0][:k] + [pad] * (width - len(r) + k) + r[k:] for r in rows], device=self.device)
         mask = torch.tensor([[1] * k + [0] * (width - len(r) + k) + [1] * (len(r) - k) for r in rows],
                             device=self.device)
-        return {"input_ids": ids, "attention_mask": mask, self._cache_kw: repeated_cache(kv, len(rows), self.model)}
+        enc = {"input_ids": ids, "attention_mask": mask}
+        if kv is not None:
+            enc[self._cache_kw] = repeated_cache(kv, len(rows), self.model)
+        return enc
 
     @torch.inference_mode()
     def _logits(self, texts):

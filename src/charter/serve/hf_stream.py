@@ -89,7 +89,7 @@ class HFEngine:
         max_new = max(j.sampling.max_tokens for j in jobs)
         # A steered backend edits each row by its own request's flag, so rows cannot share an opening run once.
         steer = getattr(b, "steer_rows", None)
-        enc = (b._encode if steer else b._shared_encode)([b.render(j.messages) for j in jobs], max_new)
+        enc = b._encode([b.render(j.messages) for j in jobs], max_new, share=not steer)
         for j, n in zip(jobs, enc["attention_mask"].sum(1).tolist()):
             j.stats["prompt_tokens"] = int(n)
         s = jobs[0].sampling

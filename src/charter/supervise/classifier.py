@@ -115,7 +115,6 @@ class Probe:
             out, kv = prefix_states(self.body, ids, output_hidden_states=True)
             if kv is None:
                 return self._shared
-            kv = kv[:len(self.body.layers)]  # the cache has a slot per configured layer; the dropped ones stay empty
             sums = {}
             for l in self.layers:
                 h = out.hidden_states[l][0].float()
