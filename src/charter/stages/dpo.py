@@ -3,7 +3,8 @@
 `threshold` labels keep pairs with |p - 0.5| >= margin as hard preferences.
 `soft` labels keep every pair and use conservative DPO (Mitchell 2023), whose
 label smoothing is set to the mean label noise min(p, 1 - p). The SFT model is
-the reference; its log-probs are computed once before training.
+the reference; its log-probs are computed once before training. Each pair is trained as one row
+(`charter.packed_dpo`): the prompt is run once for both answers.
 """
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def balanced(rows, seed: int) -> list[dict]:
 
 
 def run(run):
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
+
+    from ..packed_dpo import PackedDPOTrainer
 
     cfg = run.cfg.dpo
     rows, smoothing = preference_rows(records.read(run.path(LABELS)), cfg.labels, cfg.margin)
@@ -56,7 +59,7 @@ def run(run):
     rewrite(run, DPO_DATA, rows, "dpo")
     ds = [{"prompt": messages(run, r["prompt"]), "chosen": [{"role": "assistant", "content": r["chosen"]}],
            "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
-    stats = fit(run, DPOTrainer, DPOConfig, cfg, ds, "sft", "dpo", beta=cfg.beta, label_smoothing=smoothing,
+    stats = fit(run, PackedDPOTrainer, DPOConfig, cfg, ds, "sft", "dpo", beta=cfg.beta, label_smoothing=smoothing,
                 precompute_ref_log_probs=True)
     return {"pairs_used": len(rows), "pairs_harmful": sum(r["label"] == "harmful" for r in rows),
             "label_smoothing": round(smoothing, 4), **stats}
