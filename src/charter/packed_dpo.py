@@ -6,7 +6,8 @@ restart where the prompt ends, and an attention mask keeps it from seeing the ch
 scored exactly as in a sequence of its own. Everything else (tokenising with the chat template, reference
 log-probs computed once, logging, checkpoints, LoRA) stays TRL's. The loss is our own as well: TRL's `sigmoid`
 loss ignores `label_smoothing`, so the conservative DPO that `dpo.labels: soft` asks for would silently be
-plain DPO.
+plain DPO. The mask is dense (one L x L per row), which FlashAttention kernels do not take: attention
+runs through the kernels that accept a mask (sdpa, eager).
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def pair_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     cap = getattr(inner.config, "final_logit_softcapping", None)  # Gemma 2 caps its logits in its own forward
     if cap:
         logits = cap * torch.tanh(logits / cap)
-    token = logits.log_softmax(-1).gather(-1, batch["tgt"][:, None])[:, 0]
+    token = logits.gather(-1, batch["tgt"][:, None])[:, 0] - logits.logsumexp(-1)  # no second vocab-wide tensor
     sums = torch.zeros(2 * batch["input_ids"].shape[0], device=token.device).index_add(0, batch["seg"], token)
     return sums[0::2], sums[1::2]
 

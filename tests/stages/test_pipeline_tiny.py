@@ -321,6 +321,27 @@ def test_bfloat16_generates_in_bfloat16_and_trains_float32_weights(tiny_model, t
     assert changed(weights(tiny_model), trained) and {t.dtype for t in trained.values()} == {torch.float32}
 
 
+def test_soft_labels_train_conservative_dpo_with_the_mean_label_noise(tiny_model, tmp_path, monkeypatch):
+    """`dpo.labels: soft` keeps every pair and smooths the loss by the mean of min(p, 1 - p): the smoothing
+    must reach the loss that trains (TRL's own sigmoid loss ignores `label_smoothing`)."""
+    from charter import packed_dpo
+
+    run = Run(tiny_cfg(tmp_path, tiny_model, ["dpo.labels=soft", "precision=float32"]), tmp_path / "out")
+    shutil.copytree(tiny_model, run.path(common.SFT_MODEL))
+    pairs = pair_rows(run)
+    p_a = [0.9 if i % 2 else 0.3 for i in range(len(pairs))]
+    seed(run, common.PAIRS, pairs, "pairs")
+    seed(run, common.LABELS, [p | {"p_a": q, "principles": ["seeded"], "supervisor": "seeded"}
+                              for p, q in zip(pairs, p_a)], "label")
+    used, real = [], packed_dpo.dpo_loss
+    monkeypatch.setattr(packed_dpo, "dpo_loss", lambda *a, **k: used.append(a[5] if len(a) > 5 else k["smoothing"])
+                        or real(*a, **k))
+    run.execute(stages=["dpo"])
+    noise = sum(min(q, 1 - q) for q in p_a) / len(p_a)
+    assert run.manifest["stages"]["dpo"]["label_smoothing"] == pytest.approx(noise, abs=1e-4)
+    assert used and all(x == pytest.approx(noise) for x in used)
+
+
 def test_shared_prefix_scoring_equals_full_scoring(tiny_model):
     from charter.backends import get_backend
 
