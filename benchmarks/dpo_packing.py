@@ -7,8 +7,9 @@ Both trainers get the same pairs, model, seed and arguments as the dpo stage (`t
 default config's `dpo` section) and run in the order packed, TRL, TRL, packed, so that warm-up and drift
 weigh on both alike. The pairs are a finished run's `data/dpo.jsonl` and its SFT model (`--run`), or, where
 there is none, the built-in helpful pool with two fixed answers and the embedded model. Each run's seconds
-cover building the trainer (tokenising, the reference log-probs) and training; tokens are those the trainer
-fed the model, padding included. The losses of the first steps are printed beside: both compute the same loss,
+cover loading the model, building the trainer (tokenising, the reference log-probs) and training, and are
+averaged over its two runs, as its training seconds are; tokens are those the trainer fed the model, padding
+included. The losses of the first steps are printed beside: both compute the same loss,
 so they should agree to rounding. Writes benchmarks/dpo_packing.json.
 """
 from __future__ import annotations
@@ -83,19 +84,26 @@ def main():
 
     cfg = load_config(ROOT / "configs" / "default.yaml", [f"dpo.max_steps={a.steps}"]).dpo
     rows, model_dir = pairs_and_model(Path(a.run), a.steps * cfg.batch_size)
-    secs, res = alternating("packed", lambda: train_once(PackedDPOTrainer, rows, model_dir, cfg, a.precision),
-                            "trl", lambda: train_once(DPOTrainer, rows, model_dir, cfg, a.precision))
+    runs = {"packed": [], "trl": []}
+
+    def once(name, cls):
+        return lambda: runs[name].append(train_once(cls, rows, model_dir, cfg, a.precision))
+
+    secs, _ = alternating("packed", once("packed", PackedDPOTrainer), "trl", once("trl", DPOTrainer))
     out = {"command": "python benchmarks/dpo_packing.py " + " ".join(sys.argv[1:]), "model": str(model_dir),
            "pairs": len(rows), "steps": a.steps, "batch_size": cfg.batch_size, "precision": a.precision}
     for name, s in secs.items():
-        out[name] = {"seconds": round(sum(s) / 2, 2), "runs_s": [round(x, 2) for x in s], **res[name]}
+        out[name] = {"seconds": round(sum(s) / 2, 2), "runs_s": [round(x, 2) for x in s],
+                     "train_seconds": round(sum(r["train_seconds"] for r in runs[name]) / 2, 2),
+                     "train_runs_s": [r["train_seconds"] for r in runs[name]],
+                     "runs": runs[name]}
     out["speedup"] = round(out["trl"]["seconds"] / out["packed"]["seconds"], 2)
     out["train_speedup"] = round(out["trl"]["train_seconds"] / out["packed"]["train_seconds"], 2)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     for name in ("trl", "packed"):
-        r = out[name]
-        print(f"{name:<7} {r['seconds']:>8} s  (setup {r['setup_s']} s, train {r['train_seconds']} s, "
-              f"{r['tokens']} tokens)  first losses {r['first_losses']}")
+        r, last = out[name], out[name]["runs"][-1]
+        print(f"{name:<7} {r['seconds']:>8} s a run (train {r['train_seconds']} s; runs {r['runs_s']}), "
+              f"{last['tokens']} tokens, first losses {last['first_losses']}")
     print(f"speedup {out['speedup']}x (training alone {out['train_speedup']}x); wrote {a.out}")
 
 

@@ -114,9 +114,10 @@ def s_per_step(stats) -> float:
 def bench_training(model_dir, steps, precision="float32", labelled_only=True):
     """SFT then DPO for `steps` steps each, as `train.fit` sets them up (`labelled_only`: its LM-head path)."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+    from trl import DPOConfig, SFTConfig, SFTTrainer
 
     from charter.config import TrainConfig
+    from charter.packed_dpo import PackedDPOTrainer  # the dpo stage's trainer
     from charter.prompts import builtin_file, read_prompt_file
     from charter.train import labelled_positions_only, load_trainable, timed_train, train_stats, trl_args
 
@@ -138,7 +139,7 @@ def bench_training(model_dir, steps, precision="float32", labelled_only=True):
                              "chosen": [{"role": "assistant", "content": answer}],
                              "rejected": [{"role": "assistant", "content": "I can't help with that."}]}
                             for p in prompts])
-    tr = DPOTrainer(model=model, args=trl_args(DPOConfig, cfg, "/tmp/charter-bench-dpo", 0, "cpu",
+    tr = PackedDPOTrainer(model=model, args=trl_args(DPOConfig, cfg, "/tmp/charter-bench-dpo", 0, "cpu",
                                                precision=precision, precompute_ref_log_probs=True), train_dataset=ds, processing_class=tok)
     out["dpo"] = train_stats(tr, timed_train(tr), n_params)
     out["params"] = n_params

@@ -7,7 +7,8 @@ scored exactly as in a sequence of its own. Everything else (tokenising with the
 log-probs computed once, logging, checkpoints, LoRA) stays TRL's. The loss is our own as well: TRL's `sigmoid`
 loss ignores `label_smoothing`, so the conservative DPO that `dpo.labels: soft` asks for would silently be
 plain DPO. The mask is dense (one L x L per row), which FlashAttention kernels do not take: attention
-runs through the kernels that accept a mask (sdpa, eager).
+runs through the kernels that accept a mask (sdpa, eager). The answer logits are not computed in chunks, as
+TRL's fused head does, so a very large vocabulary costs memory in proportion.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from trl import DPOTrainer
+
+from .errors import CharterError
 
 
 def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta: float, smoothing: float = 0.0):
@@ -50,7 +53,7 @@ class PackedPairs:
         n = len(parts)
         ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
         pos = torch.zeros((n, width), dtype=torch.long)
-        # Padding queries see only themselves, so no row of the mask is empty (an empty row gives NaN).
+        # Padding queries see only themselves: some attention kernels give NaN for a row with nothing to attend to.
         mask = torch.eye(width, dtype=torch.bool).repeat(n, 1, 1, 1)
         src, tgt, seg = [], [], []
         for b, (p, c, r) in enumerate(parts):
@@ -72,52 +75,91 @@ class PackedPairs:
         return out
 
 
-def pair_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of each row's chosen and of its rejected answer. The output layer projects only the
-    positions that predict an answer token: over a 49k-word vocabulary, the prompt's logits would be most
-    of the work and are never used."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT keeps LoRA inside
-    mask = batch["pair_mask"]
+def pair_logps(model, batch, direct: bool = True, **forward_kw):
+    """Summed log-probs of each row's chosen and of its rejected answer, and the model's outputs (None when
+    `direct`). Only the positions that predict an answer token are projected to logits: over a 49k-word
+    vocabulary, the prompts' logits would be most of the work and are never used.
+
+    `direct` runs the decoder, then the output layer on exactly those positions. Otherwise the model's own
+    forward runs, for the positions that predict an answer token in any row (it keeps the same positions in
+    every row, so it projects some that no row reads): a wrapper's forward (DDP's, DeepSpeed's) then does its
+    part, and a model's own logit scaling applies."""
+    ids, pos, mask, src = batch["input_ids"], batch["position_ids"], batch["pair_mask"], batch["src"]
+    inner = getattr(model, "module", model)
     if inner.config._attn_implementation == "eager":  # eager attention adds its mask to the scores
-        mask = torch.zeros(mask.shape, dtype=inner.dtype, device=mask.device).masked_fill(~mask, torch.finfo(inner.dtype).min)
-    hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=mask,
-                                 position_ids=batch["position_ids"], use_cache=False).last_hidden_state
-    logits = inner.get_output_embeddings()(hidden.flatten(0, 1)[batch["src"]]).float()
-    cap = getattr(inner.config, "final_logit_softcapping", None)  # Gemma 2 caps its logits in its own forward
-    if cap:
-        logits = cap * torch.tanh(logits / cap)
+        mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    out = None
+    if direct:
+        inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT keeps LoRA inside
+        hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                     use_cache=False).last_hidden_state
+        logits = inner.get_output_embeddings()(hidden.flatten(0, 1)[src]).float()
+        cap = getattr(inner.config, "final_logit_softcapping", None)  # Gemma 2 caps its logits in its forward
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
+    else:
+        width = ids.shape[1]
+        row, col = src // width, src % width
+        keep = torch.unique(col)  # sorted
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, use_cache=False,
+                    **forward_kw)
+        logits = out.logits[row, torch.searchsorted(keep, col)].float()
     token = logits.gather(-1, batch["tgt"][:, None])[:, 0] - logits.logsumexp(-1)  # no second vocab-wide tensor
-    sums = torch.zeros(2 * batch["input_ids"].shape[0], device=token.device).index_add(0, batch["seg"], token)
-    return sums[0::2], sums[1::2]
+    sums = torch.zeros(2 * ids.shape[0], device=token.device).index_add(0, batch["seg"], token)
+    return sums[0::2], sums[1::2], out
 
 
 class PackedDPOTrainer(DPOTrainer):
-    """TRL's DPO trainer with the packed layout and loss above (sigmoid loss only: charter uses no other)."""
+    """TRL's DPO trainer with the packed layout and loss above. It takes what charter's dpo stage sets
+    (the sigmoid loss, reference log-probs computed before training) and refuses the TRL options it does not
+    implement, rather than ignore them."""
 
     def __init__(self, *args, processing_class=None, **kw):
-        kw.setdefault("data_collator", PackedPairs(processing_class.pad_token_id, kw["args"].max_length))
+        a = kw["args"]
+        unsupported = {"loss_type": a.loss_type not in ("sigmoid", ["sigmoid"]), "use_weighting": a.use_weighting,
+                       "ld_alpha": a.ld_alpha is not None, "f_divergence_type": a.f_divergence_type != "reverse_kl",
+                       "truncation_mode": a.truncation_mode != "keep_start",
+                       "precompute_ref_log_probs": not a.precompute_ref_log_probs}
+        if any(unsupported.values()):
+            raise ValueError(f"PackedDPOTrainer does not implement {[k for k, v in unsupported.items() if v]}")
+        window = getattr(getattr(kw["model"], "config", None), "sliding_window", None)
+        if window and getattr(kw["model"].config, "use_sliding_window", True) and window < a.max_length:
+            # A custom 4D mask replaces the model's own, so a window shorter than the rows would not be applied.
+            raise CharterError(f"dpo: the model attends within a sliding window of {window} tokens, shorter than "
+                               f"dpo.max_length ({a.max_length}); set dpo.max_length to at most {window}")
+        # Going around the model's forward is right only where nothing else happens in it: one process (no
+        # DDP or DeepSpeed wrapper), no router loss (mixtures of experts), no logit scaling of its own. Set
+        # before TRL's constructor, which computes the reference log-probs.
+        from accelerate import PartialState
+
+        config = kw["model"].config.get_text_config()
+        self.direct = PartialState().num_processes == 1 and not any(
+            hasattr(config, k) for k in ("output_router_logits", "logit_scale", "logits_scaling"))
+        kw.setdefault("data_collator", PackedPairs(processing_class.pad_token_id, a.max_length))
         super().__init__(*args, processing_class=processing_class, **kw)
 
     def compute_ref_log_probs(self, model, inputs):
         adapter = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
         with torch.no_grad(), adapter, self.accelerator.autocast():
-            return pair_logps(model if self.ref_model is None else self.ref_model, inputs)
+            return pair_logps(model if self.ref_model is None else self.ref_model, inputs, self.direct)[:2]
 
     def _compute_loss(self, model, inputs, return_outputs):
-        # Accelerate autocasts the model's own forward, which this path goes around; so autocast here, as the
-        # reference log-probs were.
+        # Accelerate autocasts a prepared model's forward, which the direct path goes around; the reference
+        # log-probs were computed under this same autocast, and a step must round as they did.
         with self.accelerator.autocast():
-            chosen, rejected = pair_logps(model, inputs)
-        if "ref_chosen_logps" in inputs:
-            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
-            ref_chosen, ref_rejected = self.compute_ref_log_probs(model, inputs)
+            chosen, rejected, out = pair_logps(model, inputs, self.direct, **(
+                {"output_router_logits": True} if self.aux_loss_enabled else {}))
+        ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta, self.label_smoothing).mean()
+        if self.aux_loss_enabled:  # a mixture of experts' load-balancing term, as TRL adds it
+            loss = loss + self.router_aux_loss_coef * out.aux_loss
         mode = "train" if model.training else "eval"
         reward_c, reward_r = self.beta * (chosen - ref_chosen).detach(), self.beta * (rejected - ref_rejected).detach()
+        reward_c, reward_r, chosen, rejected = self.accelerator.gather_for_metrics(
+            (reward_c, reward_r, chosen.detach(), rejected.detach()))
         for key, val in (("rewards/chosen", reward_c.mean()), ("rewards/rejected", reward_r.mean()),
                          ("rewards/margins", (reward_c - reward_r).mean()),
                          ("rewards/accuracies", (reward_c > reward_r).float().mean()),
-                         ("logps/chosen", chosen.detach().mean()), ("logps/rejected", rejected.detach().mean())):
+                         ("logps/chosen", chosen.mean()), ("logps/rejected", rejected.mean())):
             self._metrics[mode][key].append(val.item())
-        return (loss, None) if return_outputs else loss
+        return (loss, out) if return_outputs else loss

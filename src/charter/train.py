@@ -55,7 +55,7 @@ def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), precision:
 
 
 def labelled_positions_only(on: bool = True) -> bool:
-    """Make TRL's fused LM head, which every trainer's loss goes through (SFT, DPO, GRPO), project only the
+    """Make TRL's fused LM head, which TRL's SFT and GRPO losses go through, project only the
     positions that carry a label. TRL does so on Triton devices; elsewhere it projects every position, prompt
     and padding included, so that compilers for fixed-shape devices (Neuron) see one tile shape per batch.
     A CPU has no such compiler, and there the 49k-word output layer over the prompt is wasted work. Both

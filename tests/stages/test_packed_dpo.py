@@ -26,12 +26,13 @@ def model(tiny_model):
     return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_rows_score_each_answer_as_if_alone(model, attn):
+@pytest.mark.parametrize("attn,direct", [("sdpa", True), ("eager", True), ("sdpa", False)])
+def test_packed_rows_score_each_answer_as_if_alone(model, attn, direct):
+    """Both paths: the decoder and output layer called directly, and the model's own forward."""
     model.config._attn_implementation = attn
     try:
         with torch.no_grad():
-            chosen, rejected = pair_logps(model, PackedPairs(pad_token_id=1)(PAIRS))
+            chosen, rejected, _ = pair_logps(model, PackedPairs(pad_token_id=1)(PAIRS), direct)
     finally:
         model.config._attn_implementation = "sdpa"
     want_c = [alone(model, p["prompt_ids"], p["chosen_ids"]) for p in PAIRS]
@@ -43,7 +44,7 @@ def test_packed_rows_score_each_answer_as_if_alone(model, attn):
 def test_max_length_cuts_each_answer_as_its_own_sequence(model):
     """With max_length 6, the first pair keeps 2 tokens of each answer (prompt 4 + 2), as two rows would."""
     with torch.no_grad():
-        chosen, rejected = pair_logps(model, PackedPairs(pad_token_id=1, max_length=6)(PAIRS[:1]))
+        chosen, rejected, _ = pair_logps(model, PackedPairs(pad_token_id=1, max_length=6)(PAIRS[:1]))
     assert chosen.item() == pytest.approx(alone(model, [5, 6, 7, 8], [9, 10]), abs=1e-4)
     assert rejected.item() == pytest.approx(alone(model, [5, 6, 7, 8], [12, 13]), abs=1e-4)
 
@@ -63,8 +64,8 @@ def test_conservative_dpo_stops_at_the_noise_level():
     assert loss(0.0, 0.0) == pytest.approx(math.log(2))
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_first_step_starts_from_the_reference_and_training_moves_weights(tiny_model, tmp_path, lora):
+@pytest.mark.parametrize("lora,forward", [(False, False), (True, False), (False, True)])
+def test_first_step_starts_from_the_reference_and_training_moves_weights(tiny_model, tmp_path, lora, forward):
     """In bfloat16 autocast, the reference log-probs (computed before training) and the first step's must be
     computed alike: policy = reference there, so the rewards are 0 and the loss is log 2."""
     from datasets import Dataset
@@ -74,6 +75,8 @@ def test_first_step_starts_from_the_reference_and_training_moves_weights(tiny_mo
     from charter.train import load_trainable, lora_config, save_model, trl_args
 
     model, tok = load_trainable(str(tiny_model), "cpu")
+    if forward:  # a config naming a logit scale of its own takes the path through the model's forward
+        model.config.logit_scale = 1.0
     before = {k: v.clone() for k, v in model.state_dict().items()}
     words = "the cat sat on a mat and then it went to sleep".split()
     rows = [{"prompt": [{"role": "user", "content": " ".join(words[i:i + 4])}],
@@ -84,6 +87,7 @@ def test_first_step_starts_from_the_reference_and_training_moves_weights(tiny_mo
                     precompute_ref_log_probs=True, disable_tqdm=True)
     tr = PackedDPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                           peft_config=lora_config(cfg))
+    assert tr.direct is not forward
     tr.train()
     losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
     first = tr.state.log_history[0]
@@ -92,8 +96,44 @@ def test_first_step_starts_from_the_reference_and_training_moves_weights(tiny_mo
     assert first["rewards/chosen"] == pytest.approx(0, abs=1e-6) and first["rewards/rejected"] == pytest.approx(0, abs=1e-6)
     assert losses[0] == pytest.approx(math.log(2), abs=1e-5)
     assert losses[-1] < losses[0]
+    if lora:  # the reference is the policy with its adapter disabled: the starting model, however trained
+        batch = tr.data_collator([tr.train_dataset[i] for i in range(4)])
+        start, _ = load_trainable(str(tiny_model), "cpu")
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            want = torch.cat(pair_logps(start, batch)[:2])
+            trained = torch.cat(pair_logps(tr.model, batch)[:2])
+        assert torch.allclose(torch.cat(tr.compute_ref_log_probs(tr.model, batch)), want, atol=1e-3)
+        assert not torch.allclose(trained, want, atol=1e-2)
     save_model(tr.model, tok, tmp_path / "out")
     from transformers import AutoModelForCausalLM
 
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_options_it_does_not_implement_are_refused_not_ignored(tiny_model, tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig as TRLConfig
+
+    from charter.config import DPOConfig
+    from charter.errors import CharterError
+    from charter.train import load_trainable, trl_args
+
+    model, tok = load_trainable(str(tiny_model), "cpu")
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "the cat"}],
+                               "chosen": [{"role": "assistant", "content": "sat"}],
+                               "rejected": [{"role": "assistant", "content": "mat"}]}])
+    cfg = DPOConfig(max_steps=1, batch_size=1, max_length=64)
+
+    def make(**extra):
+        args = trl_args(TRLConfig, cfg, tmp_path / "work", 0, "cpu", precision="float32",
+                        precompute_ref_log_probs=True, **extra)
+        return PackedDPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tok)
+
+    with pytest.raises(ValueError, match="loss_type"):
+        make(loss_type=["ipo"])
+    model.config.sliding_window = 16  # as Mistral's: the packed mask would replace the window
+    with pytest.raises(CharterError, match="sliding window of 16"):
+        make()
+    model.config.sliding_window = None
+    assert make().data_collator.max_length == 64
