@@ -84,12 +84,8 @@ def main():
 
     cfg = load_config(ROOT / "configs" / "default.yaml", [f"dpo.max_steps={a.steps}"]).dpo
     rows, model_dir = pairs_and_model(Path(a.run), a.steps * cfg.batch_size)
-    runs = {"packed": [], "trl": []}
-
-    def once(name, cls):
-        return lambda: runs[name].append(train_once(cls, rows, model_dir, cfg, a.precision))
-
-    secs, _ = alternating("packed", once("packed", PackedDPOTrainer), "trl", once("trl", DPOTrainer))
+    secs, runs = alternating("packed", lambda: train_once(PackedDPOTrainer, rows, model_dir, cfg, a.precision),
+                             "trl", lambda: train_once(DPOTrainer, rows, model_dir, cfg, a.precision))
     out = {"command": "python benchmarks/dpo_packing.py " + " ".join(sys.argv[1:]), "model": str(model_dir),
            "pairs": len(rows), "steps": a.steps, "batch_size": cfg.batch_size, "precision": a.precision}
     for name, s in secs.items():

@@ -29,22 +29,24 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "lm_head.json"))
     a = ap.parse_args()
 
-    from run import bench_training, s_per_step
+    from run import alternating, bench_training, s_per_step
+    from trl import DPOTrainer
 
     from charter.models import resolve_model
     from charter.train import labelled_positions_only
 
     model_dir = resolve_model("default")
-    res = {"every_position": [], "labelled_only": []}
     if not labelled_positions_only():
         sys.exit("this TRL has no `trl.trainer.utils._use_triton` hook: nothing to compare")
-    for on in (True, False, False, True):
-        res["labelled_only" if on else "every_position"].append(bench_training(model_dir, a.steps, a.precision,
-                                                                               labelled_only=on))
+
+    def train(on):  # TRL's DPO trainer: the dpo stage's own goes around TRL's LM head
+        return lambda: bench_training(model_dir, a.steps, a.precision, labelled_only=on, dpo_trainer=DPOTrainer)
+
+    _, res = alternating("labelled_only", train(True), "every_position", train(False))
     out = {"steps": a.steps, "precision": a.precision, "order": "labelled, every, every, labelled"}
     for stage in ("sft", "dpo"):
         secs = {k: [s_per_step(r[stage]) for r in v] for k, v in res.items()}
-        full, compact = (round(sum(v) / len(v), 2) for v in secs.values())
+        full, compact = (round(sum(secs[k]) / len(secs[k]), 2) for k in ("every_position", "labelled_only"))
         out[stage] = {"every_position_s_per_step": full, "labelled_only_s_per_step": compact,
                       "speedup": round(full / compact, 2), "runs_s_per_step": secs,
                       "losses": {k: [[r[stage]["first_loss"], r[stage]["last_loss"]] for r in v]

@@ -97,11 +97,11 @@ def long_request(tok, n: int = 500) -> str:
 
 def alternating(a, run_a, b, run_b):
     """`run_a` and `run_b` twice each, in the order a, b, b, a, so that warm-up and drift weigh on both alike.
-    Returns the seconds of each one's runs and each one's last result, by name."""
-    secs, results = {a: [], b: []}, {}
+    Returns the seconds and the results of each one's two runs, by name."""
+    secs, results = {a: [], b: []}, {a: [], b: []}
     for name, fn in ((a, run_a), (b, run_b), (b, run_b), (a, run_a)):
         t0 = time.perf_counter()
-        results[name] = fn()
+        results[name].append(fn())
         secs[name].append(time.perf_counter() - t0)
     return secs, results
 
@@ -111,8 +111,9 @@ def s_per_step(stats) -> float:
     return round(stats["train_seconds"] / max(1, stats["steps"]), 2)
 
 
-def bench_training(model_dir, steps, precision="float32", labelled_only=True):
-    """SFT then DPO for `steps` steps each, as `train.fit` sets them up (`labelled_only`: its LM-head path)."""
+def bench_training(model_dir, steps, precision="float32", labelled_only=True, dpo_trainer=None):
+    """SFT then DPO for `steps` steps each, as `train.fit` sets them up (`labelled_only`: its LM-head path).
+    DPO runs the dpo stage's trainer unless `dpo_trainer` names another (TRL's, to measure its LM head)."""
     from datasets import Dataset
     from trl import DPOConfig, SFTConfig, SFTTrainer
 
@@ -139,7 +140,7 @@ def bench_training(model_dir, steps, precision="float32", labelled_only=True):
                              "chosen": [{"role": "assistant", "content": answer}],
                              "rejected": [{"role": "assistant", "content": "I can't help with that."}]}
                             for p in prompts])
-    tr = PackedDPOTrainer(model=model, args=trl_args(DPOConfig, cfg, "/tmp/charter-bench-dpo", 0, "cpu",
+    tr = (dpo_trainer or PackedDPOTrainer)(model=model, args=trl_args(DPOConfig, cfg, "/tmp/charter-bench-dpo", 0, "cpu",
                                                precision=precision, precompute_ref_log_probs=True), train_dataset=ds, processing_class=tok)
     out["dpo"] = train_stats(tr, timed_train(tr), n_params)
     out["params"] = n_params

@@ -61,8 +61,9 @@ def main():
         finally:
             hf.sampling_kwargs = ours
 
-    secs, answers = alternating("charter", lambda: backend.generate(msgs, params),
-                                "transformers", with_transformers_sampler)
+    secs, runs = alternating("charter", lambda: backend.generate(msgs, params),
+                             "transformers", with_transformers_sampler)
+    answers = {name: texts[-1] for name, texts in runs.items()}
     out = {"prompts": len(msgs), "max_new_tokens": a.max_new, "dtype": str(backend.dtype),
            "threads": torch.get_num_threads(), "order": "charter, transformers, transformers, charter"}
     for name, texts in answers.items():

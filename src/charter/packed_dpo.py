@@ -122,8 +122,9 @@ class PackedDPOTrainer(DPOTrainer):
                        "precompute_ref_log_probs": not a.precompute_ref_log_probs}
         if any(unsupported.values()):
             raise ValueError(f"PackedDPOTrainer does not implement {[k for k, v in unsupported.items() if v]}")
-        window = getattr(getattr(kw["model"], "config", None), "sliding_window", None)
-        if window and getattr(kw["model"].config, "use_sliding_window", True) and window < a.max_length:
+        config = kw["model"].config.get_text_config()
+        window = getattr(config, "sliding_window", None)
+        if window and getattr(config, "use_sliding_window", True) and window < a.max_length:
             # A custom 4D mask replaces the model's own, so a window shorter than the rows would not be applied.
             raise CharterError(f"dpo: the model attends within a sliding window of {window} tokens, shorter than "
                                f"dpo.max_length ({a.max_length}); set dpo.max_length to at most {window}")
@@ -132,7 +133,6 @@ class PackedDPOTrainer(DPOTrainer):
         # before TRL's constructor, which computes the reference log-probs.
         from accelerate import PartialState
 
-        config = kw["model"].config.get_text_config()
         self.direct = PartialState().num_processes == 1 and not any(
             hasattr(config, k) for k in ("output_router_logits", "logit_scale", "logits_scaling"))
         kw.setdefault("data_collator", PackedPairs(processing_class.pad_token_id, a.max_length))
