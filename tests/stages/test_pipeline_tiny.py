@@ -385,6 +385,45 @@ def test_generation_from_a_shared_opening_equals_whole_prompts(tiny_model):
     assert b._cache_kw not in b._encode([b.render([{"role": "user", "content": "hi"}]), "why so"], 8)
 
 
+def test_decoding_drops_each_row_once_it_has_ended_and_keeps_generates_tokens(tiny_model):
+    """`hf.decode` leaves finished rows behind (the batch shrinks as rows end), yet each row's tokens, from a
+    shared opening and left padding, are the ones transformers' `generate` gives for the same batch."""
+    from charter.backends import get_backend, hf
+
+    b = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
+    with torch.no_grad():  # sharper attention than random init's near-uniform one, so positions tell
+        for layer in b.model.model.layers:
+            layer.self_attn.q_proj.weight *= 8
+            layer.self_attn.k_proj.weight *= 8
+    head = [{"role": "user", "content": "how do i bake bread at home with a simple oven"}]
+    prompts = [head + [{"role": "assistant", "content": "flour"}, {"role": "user", "content": q}] for q in
+               ("and how long", "what is the best way to make a cake at home with my family", "why",
+                "tell me a story about a cat", "is it safe")]
+    texts = [b.render(p) for p in prompts]
+
+    def generate(eos):
+        enc = b._encode(texts, 16)
+        out = b.model.generate(**enc, max_new_tokens=16, do_sample=False, eos_token_id=eos,
+                               pad_token_id=b.tok.pad_token_id)
+        return out[:, enc["input_ids"].shape[1]:].tolist()
+
+    free = generate(None)
+    # End-of-sequence ids that end the rows at different steps: a token of each row's, where it first appears.
+    eos = {row[i] for i, row in zip((2, 5, 9, 13, 7), free) if row[i] not in row[:i]}
+    want = generate(sorted(eos))
+    widths = []
+    hook = b.model.register_forward_pre_hook(lambda m, a, kw: widths.append(len(kw["input_ids"])), with_kwargs=True)
+    try:
+        got = hf.decode(b.model, b._encode(texts, 16), 16, hf.next_token(0, None), eos)
+    finally:
+        hook.remove()
+    ended = [next((i + 1 for i, t in enumerate(row) if t in eos), 16) for row in want]
+    assert [len(row) for row in got] == ended and len(set(ended)) > 2, (ended, got)
+    assert got == [row[:n] for row, n in zip(want, ended)]
+    # One forward per step, each as wide as the rows not yet ended.
+    assert widths == [len(texts)] + [sum(n > step for n in ended) for step in range(1, max(ended))], widths
+
+
 def test_revise_stops_revising_when_the_first_chunk_shows_the_model_cannot(tiny_model, tmp_path):
     run = Run(tiny_cfg(tmp_path, tiny_model, ["revise.min_keep=1.01"]), tmp_path / "out")
     seed_generate(run)

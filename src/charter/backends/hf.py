@@ -1,7 +1,8 @@
 """transformers backend (CPU or CUDA) for hub ids, local folders and .gguf files.
 
 Generation sorts prompts by length and batches them with left padding, so one
-forward pass serves many prompts with little padding (see README, "Speed").
+forward pass serves many prompts with little padding, and drops each row from its batch once it has ended
+(see README, "Speed").
 """
 from __future__ import annotations
 
@@ -102,9 +103,13 @@ class NucleusSampler:
         self.temperature, self.top_p, self.k = temperature, top_p if top_p is not None else 1.0, k
 
     def __call__(self, input_ids, scores):
+        return torch.full_like(scores, float("-inf")).scatter_(-1, self.draw(scores)[:, None], 0.0)
+
+    def draw(self, scores) -> torch.Tensor:
+        """One token per row of `scores` (rows, vocabulary)."""
         probs = (scores / self.temperature).softmax(-1)
         if self.top_p >= 1:  # the whole distribution
-            return torch.full_like(scores, float("-inf")).scatter_(-1, torch.multinomial(probs, 1), 0.0)
+            return torch.multinomial(probs, 1)[:, 0]
         vals, idx = probs.topk(min(self.k, probs.shape[-1]), dim=-1)
         short = vals.sum(-1) < self.top_p  # the candidates hold less than the nucleus's mass
         token = torch.empty(len(probs), 1, dtype=torch.long, device=probs.device)
@@ -116,7 +121,7 @@ class NucleusSampler:
             keep[:, 0] = True  # top_p 0 is greedy
             v = v * keep
             token[rows] = i.gather(-1, torch.multinomial(v, 1))
-        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
+        return token[:, 0]
 
 
 def sampling_kwargs(temperature: float, top_p: float | None) -> dict:
@@ -127,6 +132,55 @@ def sampling_kwargs(temperature: float, top_p: float | None) -> dict:
     if temperature > 0:
         kw["logits_processor"] = LogitsProcessorList([NucleusSampler(temperature, top_p)])
     return kw
+
+
+def next_token(temperature: float, top_p: float | None):
+    """scores (rows, vocabulary) -> one token per row: greedy at temperature 0, else `NucleusSampler`'s draw."""
+    if temperature > 0:
+        return NucleusSampler(temperature, top_p).draw
+    return lambda scores: scores.argmax(-1)
+
+
+@torch.inference_mode()
+def decode(model, enc: dict, max_new_tokens: int, pick, eos) -> list[list[int]]:
+    """Each row's new tokens (its end-of-sequence token last, where it ended), from `enc` as `_encode` lays
+    a batch out.
+
+    Unlike `generate`, a row leaves the batch once it has ended, and with it its key/value states: a batch's
+    decode runs as long as its longest answer, and one answer that loops to the token limit would otherwise
+    keep every finished row computing beside it. A row's arithmetic does not depend on the rows beside it, so
+    its tokens are the ones `generate` would give, up to the rounding of a different batch shape."""
+    from transformers import DynamicCache
+
+    kw = cache_kwarg(model)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    cache = enc[kw] if kw in enc else DynamicCache(config=model.config)
+    k = cache.get_seq_length()  # the shared opening, already run
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` derives positions from a left-padded mask
+    eos = torch.tensor(sorted(eos), device=ids.device)
+    live = torch.arange(len(ids), device=ids.device)  # the batch row of each row still decoding
+    out = [[] for _ in range(len(ids))]
+    # The prompt's logits are never read but its last position's.
+    only_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    logits = model(input_ids=ids[:, k:], attention_mask=mask, position_ids=pos[:, k:], use_cache=True,
+                   **only_last, **{kw: cache}).logits[:, -1]
+    last = pos[:, -1]
+    for step in range(max_new_tokens):
+        token = pick(logits.float())
+        for row, t in zip(live.tolist(), token.tolist()):
+            out[row].append(t)
+        going = ~torch.isin(token, eos)
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            live, token, mask, last = live[keep], token[keep], mask[keep], last[keep]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)
+        last = last + 1
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True,
+                       **{kw: cache}).logits[:, -1]
+    return out
 
 
 def load_tokenizer(path: str):
@@ -173,6 +227,10 @@ class HFBackend:
         self.max_context = getattr(model.config, "max_position_embeddings", 2048) or 2048
         self.truncated = 0  # prompts cut to fit the context
         self._cache_kw = cache_kwarg(model)
+        # Where an answer ends: the generation config's end-of-sequence ids, as `generate` reads them.
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = eos if eos is not None else self.tok.eos_token_id
+        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
 
     def render(self, messages, add_generation_prompt=True) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -188,9 +246,8 @@ class HFBackend:
                                      leave=False)):
             enc = self._encode([texts[i] for i in idx], params.max_new_tokens)
             torch.manual_seed(params.seed * 100003 + b)
-            gen = self.model.generate(**enc, max_new_tokens=params.max_new_tokens, pad_token_id=self.tok.pad_token_id,
-                                      **sampling_kwargs(params.temperature, params.top_p))
-            new = gen[:, enc["input_ids"].shape[1]:]
+            new = decode(self.model, enc, params.max_new_tokens, next_token(params.temperature, params.top_p),
+                         self.eos)
             for i, row in zip(idx, self.tok.batch_decode(new, skip_special_tokens=True)):
                 out[i] = row.strip()
         return out

@@ -75,9 +75,7 @@ class _RowStop(StoppingCriteria):
 class HFEngine:
     def __init__(self, backend, batch_size: int = 16):
         self.backend, self.name = backend, backend.name
-        tok, cfg = backend.tok, backend.model.generation_config
-        eos = cfg.eos_token_id if cfg.eos_token_id is not None else tok.eos_token_id
-        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.eos = backend.eos
         self.batcher = Batcher(self._run, batch_size, name="charter-hf-engine")
 
     def stream(self, messages, sampling: Sampling, stats: dict):
