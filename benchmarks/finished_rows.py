@@ -10,7 +10,8 @@ in the order drop, generate, generate, drop, so that warm-up and drift weigh on 
 - GSM8K, four worked problems then the question, 256 new tokens;
 - HumanEval, 256 new tokens.
 GSM8K and HumanEval are skipped, and said, without the shared data. Both paths share everything but the decode
-loop (the shared opening, the padding, the sampler), so what moves is the rows computed after they ended.
+loop (the shared opening, the padding): the baseline is `hf.generate_whole`, the call `HFBackend.generate` made
+before, which it still makes for a model that `decode` cannot run alone.
 Besides the seconds it prints how many answers came out the same (in bfloat16 a different batch shape rounds
 differently, so greedy answers part where two tokens nearly tie) and GSM8K's exact-match count.
 Writes benchmarks/finished_rows.json.
@@ -29,30 +30,15 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def whole_batch(model, enc, max_new_tokens, pick, eos):
-    """The baseline: transformers' `generate` with the same sampler, every row computed to the batch's end."""
-    import torch
-    from transformers import LogitsProcessorList
-
-    def one_token(input_ids, scores):
-        return torch.full_like(scores, float("-inf")).scatter_(-1, pick(scores.float())[:, None], 0.0)
-
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                         top_k=None, logits_processor=LogitsProcessorList([one_token]), eos_token_id=sorted(eos),
-                         pad_token_id=model.generation_config.pad_token_id)
-    return out[:, enc["input_ids"].shape[1]:].tolist()
-
-
 def timed(backend, msgs, params):
-    from charter.backends import hf
     from run import alternating
 
-    def generate_path():
-        hf.decode, saved = whole_batch, hf.decode
+    def generate_path():  # `generate_whole`, the path of a model `decode` cannot run alone
+        backend.decodes_alone = False
         try:
             return backend.generate(msgs, params)
         finally:
-            hf.decode = saved
+            backend.decodes_alone = True
 
     secs, runs = alternating("drop", lambda: backend.generate(msgs, params), "generate", generate_path)
     answers = {name: texts[-1] for name, texts in runs.items()}

@@ -411,6 +411,7 @@ def test_decoding_drops_each_row_once_it_has_ended_and_keeps_generates_tokens(ti
     # End-of-sequence ids that end the rows at different steps: a token of each row's, where it first appears.
     eos = {row[i] for i, row in zip((2, 5, 9, 13, 7), free) if row[i] not in row[:i]}
     want = generate(sorted(eos))
+    assert b.decodes_alone and b._cache_kw in b._encode(texts, 16)  # the shared opening's path
     widths = []
     hook = b.model.register_forward_pre_hook(lambda m, a, kw: widths.append(len(kw["input_ids"])), with_kwargs=True)
     try:
@@ -422,6 +423,35 @@ def test_decoding_drops_each_row_once_it_has_ended_and_keeps_generates_tokens(ti
     assert got == [row[:n] for row, n in zip(want, ended)]
     # One forward per step, each as wide as the rows not yet ended.
     assert widths == [len(texts)] + [sum(n > step for n in ended) for step in range(1, max(ended))], widths
+
+
+def test_models_that_decode_cannot_run_alone_decode_through_generate(tiny_model):
+    """A generation config with a logits processor `decode` does not apply (suppressed tokens), or a cache
+    whose rows cannot be dropped (linear attention), sends the model through transformers' `generate`."""
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    from charter.backends import GenParams, get_backend, hf
+
+    b = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
+    prompts = [[{"role": "user", "content": q}] for q in ("how do i bake bread at home", "why is the sky blue")]
+    greedy = GenParams(max_new_tokens=12, temperature=0.0, batch_size=8)
+    plain = b.generate(prompts, greedy)
+    banned = [b.tok(t.split()[0], add_special_tokens=False).input_ids[0] for t in plain]
+    b.model.generation_config.suppress_tokens = banned  # a logits processor `generate` applies
+    penalised = hf.HFBackend(str(tiny_model), model=b.model, tokenizer=b.tok, progress=False)
+    assert not penalised.decodes_alone
+    got = penalised.generate(prompts, greedy)
+    enc = b._encode([b.render(p) for p in prompts], 12)
+    want = b.model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=b.tok.pad_token_id)
+    assert got == [t.strip() for t in b.tok.batch_decode(want[:, enc["input_ids"].shape[1]:],
+                                                            skip_special_tokens=True)]
+    assert all(b.tok(t.split()[0], add_special_tokens=False).input_ids[0] not in banned for t in got), got
+    linear = Qwen3NextForCausalLM(Qwen3NextConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, linear_num_value_heads=2, linear_num_key_heads=1,
+        linear_key_head_dim=16, linear_value_head_dim=16, num_experts=2, num_experts_per_tok=1,
+        moe_intermediate_size=32, shared_expert_intermediate_size=32))
+    assert not hf.decodes_alone(linear)
 
 
 def test_revise_stops_revising_when_the_first_chunk_shows_the_model_cannot(tiny_model, tmp_path):

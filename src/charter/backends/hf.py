@@ -76,7 +76,8 @@ def prefix_states(model, ids, **kw):
 
 
 def repeated_cache(kv, n: int, model):
-    """A fresh cache holding the states `prefix_states` returned, seen by `n` sequences (expanded, not copied)."""
+    """A fresh cache holding the states `prefix_states` returned, seen by `n` sequences: expanded, so the opening
+    is computed once; the first forward pass that appends to the cache copies it into every row."""
     from transformers import DynamicCache
 
     return DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv], config=model.config)
@@ -141,30 +142,61 @@ def next_token(temperature: float, top_p: float | None):
     return lambda scores: scores.argmax(-1)
 
 
+# Generation-config fields that `decode` may ignore: token ids it reads itself, bookkeeping, and sampling
+# settings that `sampling_kwargs` overrides on the `generate` path too. Any other field (a repetition
+# penalty, banned words, a minimum length, a cache of another kind) is a logits processor or a stopping rule
+# that `generate` applies, so such a model decodes through `generate`, as it did before `decode` existed.
+NEUTRAL_GENERATION = {"bos_token_id", "eos_token_id", "pad_token_id", "transformers_version", "_from_model_config",
+                      "use_cache", "do_sample", "temperature", "top_p", "top_k", "min_p", "typical_p",
+                      "max_length", "max_new_tokens", "output_attentions", "output_hidden_states"}
+
+
+def decodes_alone(model) -> bool:
+    """Whether `decode` can run `model`: a generation config with nothing `generate` would apply beyond what
+    `decode` does, a forward that takes positions, and a cache whose layers hold plain keys and values, from
+    which rows can be dropped (not a recurrent or linear-attention state, not one `generate` builds itself)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    config = getattr(model, "generation_config", None)
+    if config is not None and set(config.to_diff_dict()) - NEUTRAL_GENERATION:
+        return False
+    takes = inspect.signature(model.forward).parameters
+    if not {"position_ids", "attention_mask", cache_kwarg(model)} <= set(takes):
+        return False
+    if not getattr(model, "_supports_default_dynamic_cache", lambda: True)():
+        return False
+    layers = DynamicCache(config=model.config).layers
+    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
 @torch.inference_mode()
 def decode(model, enc: dict, max_new_tokens: int, pick, eos) -> list[list[int]]:
     """Each row's new tokens (its end-of-sequence token last, where it ended), from `enc` as `_encode` lays
-    a batch out.
+    a batch out; for a model that `decodes_alone`.
 
     Unlike `generate`, a row leaves the batch once it has ended, and with it its key/value states: a batch's
     decode runs as long as its longest answer, and one answer that loops to the token limit would otherwise
     keep every finished row computing beside it. A row's arithmetic does not depend on the rows beside it, so
-    its tokens are the ones `generate` would give, up to the rounding of a different batch shape."""
+    its greedy tokens are the ones `generate` would give, up to the rounding of a different batch shape.
+    Sampled ones are other draws: the random numbers are drawn for the rows still running only."""
     from transformers import DynamicCache
 
-    kw = cache_kwarg(model)
     ids, mask = enc["input_ids"], enc["attention_mask"]
+    out = [[] for _ in range(len(ids))]
+    if max_new_tokens < 1:
+        return out
+    kw = cache_kwarg(model)
     cache = enc[kw] if kw in enc else DynamicCache(config=model.config)
     k = cache.get_seq_length()  # the shared opening, already run
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` derives positions from a left-padded mask
-    eos = torch.tensor(sorted(eos), device=ids.device)
+    eos = torch.tensor(sorted(eos), dtype=torch.long, device=ids.device)
     live = torch.arange(len(ids), device=ids.device)  # the batch row of each row still decoding
-    out = [[] for _ in range(len(ids))]
-    # The prompt's logits are never read but its last position's.
+    # The prompt's logits are never read but its last position's (copied, so the rest can be freed).
     only_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    logits = model(input_ids=ids[:, k:], attention_mask=mask, position_ids=pos[:, k:], use_cache=True,
-                   **only_last, **{kw: cache}).logits[:, -1]
-    last = pos[:, -1]
+    step_out = model(input_ids=ids[:, k:], attention_mask=mask, position_ids=pos[:, k:], use_cache=True,
+                     **only_last, **{kw: cache})
+    logits, last = step_out.logits[:, -1].clone(), pos[:, -1]
     for step in range(max_new_tokens):
         token = pick(logits.float())
         for row, t in zip(live.tolist(), token.tolist()):
@@ -172,15 +204,27 @@ def decode(model, enc: dict, max_new_tokens: int, pick, eos) -> list[list[int]]:
         going = ~torch.isin(token, eos)
         if step == max_new_tokens - 1 or not going.any():
             break
+        cache = output_cache(step_out)
         if not going.all():
             keep = going.nonzero()[:, 0]
             cache.batch_select_indices(keep)
             live, token, mask, last = live[keep], token[keep], mask[keep], last[keep]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)
         last = last + 1
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True,
-                       **{kw: cache}).logits[:, -1]
+        step_out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True,
+                         **{kw: cache})
+        logits = step_out.logits[:, -1]
     return out
+
+
+@torch.inference_mode()
+def generate_whole(model, enc: dict, max_new_tokens: int, temperature: float, top_p: float | None,
+                   pad_token_id) -> list[list[int]]:
+    """Each row's new tokens from transformers' `generate`, which computes every row to the batch's end: for
+    a model that does not `decodes_alone`."""
+    gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                         **sampling_kwargs(temperature, top_p))
+    return gen[:, enc["input_ids"].shape[1]:].tolist()
 
 
 def load_tokenizer(path: str):
@@ -231,6 +275,7 @@ class HFBackend:
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos = eos if eos is not None else self.tok.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.decodes_alone = decodes_alone(model)  # else `generate` decodes, every row to its batch's end
 
     def render(self, messages, add_generation_prompt=True) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -246,8 +291,12 @@ class HFBackend:
                                      leave=False)):
             enc = self._encode([texts[i] for i in idx], params.max_new_tokens)
             torch.manual_seed(params.seed * 100003 + b)
-            new = decode(self.model, enc, params.max_new_tokens, next_token(params.temperature, params.top_p),
-                         self.eos)
+            if self.decodes_alone:
+                new = decode(self.model, enc, params.max_new_tokens, next_token(params.temperature, params.top_p),
+                             self.eos)
+            else:
+                new = generate_whole(self.model, enc, params.max_new_tokens, params.temperature, params.top_p,
+                                     self.tok.pad_token_id)
             for i, row in zip(idx, self.tok.batch_decode(new, skip_special_tokens=True)):
                 out[i] = row.strip()
         return out
