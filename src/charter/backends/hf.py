@@ -166,7 +166,10 @@ def decodes_alone(model) -> bool:
         return False
     if not getattr(model, "_supports_default_dynamic_cache", lambda: True)():
         return False
-    layers = DynamicCache(config=model.config).layers
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except (AttributeError, TypeError, ValueError):  # a config transformers cannot lay a cache out from
+        return False
     return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
