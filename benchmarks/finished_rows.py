@@ -34,11 +34,11 @@ def timed(backend, msgs, params):
     from run import alternating
 
     def generate_path():  # `generate_whole`, the path of a model `decode` cannot run alone
-        backend.decodes_alone = False
+        saved, backend.decodes_alone = backend.decodes_alone, False
         try:
             return backend.generate(msgs, params)
         finally:
-            backend.decodes_alone = True
+            backend.decodes_alone = saved
 
     secs, runs = alternating("drop", lambda: backend.generate(msgs, params), "generate", generate_path)
     answers = {name: texts[-1] for name, texts in runs.items()}
@@ -73,24 +73,26 @@ def main():
             print(f"{model}: no such folder, skipped")
             continue
         backend = hf.HFBackend(model, precision=a.precision, progress=False)
+        if not backend.decodes_alone:  # both sides would be `generate`: nothing to compare
+            print(f"{model}: decodes through transformers' generate (hf.decodes_alone), skipped")
+            continue
         res = out["models"][model] = {"dtype": str(backend.dtype)}
-        dev = [user(r["prompt"]) for r in dev_prompts(a.dev)]
-        backend.generate(dev[:8], GenParams(16, 0.0, batch_size=64))  # warm the kernels
-        workloads = [("dev", lambda: dev, 64),
-                     ("gsm8k", lambda: [it["messages"] for it in capability.gsm8k_items(a.gsm8k)], 256),
-                     ("humaneval", lambda: [it["messages"] for it in capability.humaneval_items(a.humaneval)], 256)]
-        for name, items, max_new in workloads:
+        dev = [{"messages": user(r["prompt"])} for r in dev_prompts(a.dev)]
+        backend.generate([it["messages"] for it in dev[:8]], GenParams(16, 0.0, batch_size=64))  # warm the kernels
+        workloads = [("dev", lambda: dev, 64), ("gsm8k", lambda: capability.gsm8k_items(a.gsm8k), 256),
+                     ("humaneval", lambda: capability.humaneval_items(a.humaneval), 256)]
+        for name, load, max_new in workloads:
             try:
-                msgs = items()
+                items = load()
             except (CharterError, OSError, ValueError) as e:
                 res[name] = {"skipped": str(e).splitlines()[0]}
                 print(f"{model}, {name} skipped: {res[name]['skipped']}")
                 continue
+            msgs = [it["messages"] for it in items]
             r, answers = timed(backend, msgs, GenParams(max_new, 0.0, batch_size=64))
             r |= {"prompts": len(msgs), "max_new_tokens": max_new}
             if name == "gsm8k":
-                targets = [it["target"] for it in capability.gsm8k_items(a.gsm8k)]
-                r["solved"] = {k: sum(capability.final_number(t) == y for t, y in zip(v, targets))
+                r["solved"] = {k: sum(capability.final_number(t) == it["target"] for t, it in zip(v, items))
                                for k, v in answers.items()}
             res[name] = r
             print(f"{model}, {name}, {len(msgs)} prompts, answers of {r['answer_tokens']['mean']} tokens on average "
