@@ -268,6 +268,62 @@ def test_transformers_model_streams_token_by_token(tiny_model, tmp):
         s.stop()
 
 
+def test_a_request_joins_the_batch_that_is_running(tiny_model):
+    """The transformers engine batches continuously: a request that arrives while another decodes is taken
+    into its batch at the next step (it ends first, in the same batch), and every answer is the one it gets
+    alone, a seeded sampled one included; a model `Rows` cannot run streams through `generate`, as before."""
+    import asyncio
+
+    from charter.backends import GenParams, get_backend, hf, user
+    from charter.serve.engines import Sampling
+    from charter.serve.hf_stream import HFEngine
+
+    backend = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
+    backend.eos = set()  # every answer runs to its own max_tokens, whatever the random model says
+    long, short, sampled = user("tell me a story about a dog"), user("how do i cook rice"), user("why")
+    want_long = backend.generate([long], GenParams(max_new_tokens=300, temperature=0.0))[0]
+    want_short = backend.generate([short], GenParams(max_new_tokens=12, temperature=0.0))[0]
+    step = backend.model.register_forward_pre_hook(lambda *a: time.sleep(0.005))  # slow enough to arrive mid-way
+
+    def serve(requests):
+        engine = HFEngine(backend, batch_size=4)
+        out, ended = {}, []
+
+        async def one(name, m, s, after=None):
+            while after is not None and len(out.get(after, [])) < 5:  # once `after` is well under way
+                await asyncio.sleep(0.01)
+            out[name] = []
+            async for piece in engine.stream(m, s, {}):
+                out[name].append(piece)
+            ended.append(name)
+
+        async def main():
+            await asyncio.gather(*(one(*r) for r in requests))
+
+        asyncio.run(main())
+        return engine, {k: "".join(v).strip() for k, v in out.items()}, ended
+
+    try:
+        _, alone, _ = serve([("sampled", sampled, Sampling(20, 0.9, 0.95, seed=7))])
+        engine, got, ended = serve([("long", long, Sampling(300, 0.0)), ("short", short, Sampling(12, 0.0), "long"),
+                                    ("sampled", sampled, Sampling(20, 0.9, 0.95, seed=7), "long")])
+    finally:
+        step.remove()
+    assert got["long"] == want_long and got["short"] == want_short
+    assert got["sampled"] == alone["sampled"] != ""  # its own generator: the same draw beside other rows
+    assert engine.batcher.batches == 1 and ended[-1] == "long"  # one run served all three, the long one last
+    penalised = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
+    penalised.model.generation_config.suppress_tokens = [5]  # a logits processor: `generate` streams it
+    penalised = hf.HFBackend(str(tiny_model), model=penalised.model, tokenizer=penalised.tok, progress=False)
+    assert not penalised.decodes_alone
+    engine = HFEngine(penalised, batch_size=4)
+
+    async def plain():
+        return "".join([p async for p in engine.stream(short, Sampling(12, 0.0), {})]).strip()
+
+    assert asyncio.run(plain()) == penalised.generate([short], GenParams(max_new_tokens=12, temperature=0.0))[0]
+
+
 def test_upstream_down_or_silent_gets_502_or_504(tmp):
     dead = free_port()  # nothing listens here
     silent = socket.socket()  # accepts connections, never answers

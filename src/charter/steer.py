@@ -73,17 +73,26 @@ def _like(model, t: torch.Tensor) -> torch.Tensor:
 def steering(model, direction: torch.Tensor, layer: int, scale: float, flagged):
     """A flagged request gets `scale` times `direction` added to the output of decoder layer `layer`; any
     other has `direction` projected out of the output of every decoder layer from `layer` on. `flagged` is
-    one bool for the whole batch, or one per row, so that a server batches both kinds into one `generate`."""
+    one bool for the whole batch, one per row, or a function that gives them for each forward pass (a server
+    whose rows join and leave its batch between steps), so that both kinds share one batch."""
     unit = _like(model, direction / direction.norm())
     shift = _like(model, scale * direction)
-    on = _like(model, torch.tensor(flagged, dtype=torch.float32)).view(-1, 1, 1)  # 1 flagged, 0 not; exact
+    read = flagged if callable(flagged) else lambda: flagged
+    seen = {}
+
+    def on():  # 1 flagged, 0 not (exact in any precision), rebuilt only when the flags change
+        f = read()
+        key = f if isinstance(f, bool) else tuple(f)
+        if seen.get("key") != key:
+            seen.update(key=key, on=_like(model, torch.tensor(f, dtype=torch.float32)).view(-1, 1, 1))
+        return seen["on"]
 
     def drop(h):
         return h - (h @ unit).unsqueeze(-1) * unit
 
     blocks = model.model.layers[layer - 1:]
-    return _edited([(blocks[0], lambda h: on * (h + shift) + (1 - on) * drop(h))]
-                   + [(b, lambda h: on * h + (1 - on) * drop(h)) for b in blocks[1:]])
+    return _edited([(blocks[0], lambda h: on() * (h + shift) + (1 - on()) * drop(h))]
+                   + [(b, lambda h: on() * h + (1 - on()) * drop(h)) for b in blocks[1:]])
 
 
 class SteeredBackend:
@@ -108,9 +117,10 @@ class SteeredBackend:
         self.flagged += sum(flag)
         return flag
 
-    def steer_rows(self, prompts):
-        """Steering for one batch of `prompts`, each row by its own flag (a server's single `generate`)."""
-        return steering(self.inner.model, self.direction, self.layer, self.add, self.flags(prompts))
+    def steer_rows(self, flags):
+        """Steering for a server's batch, each row by its own flag: `flags()` gives them (`self.flags` of each
+        row's request) for the rows of each forward pass."""
+        return steering(self.inner.model, self.direction, self.layer, self.add, flags)
 
     def generate(self, prompts, params: GenParams) -> list[str]:
         # The inner backend may reorder and re-batch its prompts, so each kind goes to it on its own.

@@ -425,6 +425,55 @@ def test_decoding_drops_each_row_once_it_has_ended_and_keeps_generates_tokens(ti
     assert widths == [len(texts)] + [sum(n > step for n in ended) for step in range(1, max(ended))], widths
 
 
+def test_rows_that_join_a_running_batch_decode_as_they_would_alone(tiny_model):
+    """`hf.Rows` takes new rows into a batch mid-decode (its states left-padded, or theirs, to one width) and
+    lets rows go, the columns only they needed with them; each row's greedy tokens are its tokens alone."""
+    from charter.backends import get_backend, hf
+
+    b = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
+    with torch.no_grad():  # sharper attention than random init's, so a misplaced position or column tells
+        for layer in b.model.model.layers:
+            layer.self_attn.q_proj.weight *= 8
+            layer.self_attn.k_proj.weight *= 8
+    asks = {"a0": "why", "a1": "what is the best way to make a cake at home with my family and friends",
+            "a2": "tell me a story", "b0": "how do i bake bread at home with a simple oven and some flour and water "
+            "and salt and yeast and a little time", "b1": "is it safe", "c0": "and how"}
+    texts = {k: b.render([{"role": "user", "content": q}]) for k, q in asks.items()}
+    length = {"a0": 12, "a1": 2, "a2": 12, "b0": 10, "b1": 6, "c0": 8}  # tokens each row decodes
+    greedy = hf.next_token(0, None)
+    alone = {k: hf.decode(b.model, b._encode([t], 12), length[k], greedy, set()) for k, t in texts.items()}
+    rows, live, out, widths, trimmed = hf.Rows(b.model), [], {}, [], 0
+
+    def admit(names):
+        rows.join(b._encode([texts[n] for n in names], 12))
+        live.extend(names)
+
+    admit(["a0", "a1", "a2"])
+    for step in range(40):
+        if not live:
+            break
+        token = greedy(rows.logits.float())
+        for n, t in zip(live, token.tolist()):
+            out.setdefault(n, []).append(t)
+        going = torch.tensor([len(out[n]) < length[n] for n in live])
+        before = rows.mask.shape[1]
+        rows.keep(going)
+        live[:] = [n for n, g in zip(live, going.tolist()) if g]
+        if live:
+            trimmed += rows.mask.shape[1] < before
+            assert rows.mask[:, 0].any()  # no column that is padding in every row is kept
+            rows.step(token[going])
+            widths.append(len(rows.mask))
+            assert rows.mask.shape[1] == rows.cache.get_seq_length()
+        if step == 2:
+            admit(["b0", "b1"])  # b0 is longer than the running batch: the running states are padded
+        if step == 6:
+            admit(["c0"])  # shorter than the running batch: its states are padded
+    assert out == {k: v[0] for k, v in alone.items()}
+    # a1, the longest prompt of the first three, left before b's two joined; then b0, the longest of all.
+    assert widths[:3] == [3, 2, 2] and max(widths) == 5 and trimmed == 2, (widths, trimmed)
+
+
 def test_models_that_decode_cannot_run_alone_decode_through_generate(tiny_model):
     """A generation config with a logits processor `decode` does not apply (suppressed tokens), or a cache
     whose rows cannot be dropped (linear attention), sends the model through transformers' `generate`."""

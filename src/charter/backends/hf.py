@@ -106,11 +106,11 @@ class NucleusSampler:
     def __call__(self, input_ids, scores):
         return torch.full_like(scores, float("-inf")).scatter_(-1, self.draw(scores)[:, None], 0.0)
 
-    def draw(self, scores) -> torch.Tensor:
-        """One token per row of `scores` (rows, vocabulary)."""
+    def draw(self, scores, generator=None) -> torch.Tensor:
+        """One token per row of `scores` (rows, vocabulary), from `generator`'s random numbers if given."""
         probs = (scores / self.temperature).softmax(-1)
         if self.top_p >= 1:  # the whole distribution
-            return torch.multinomial(probs, 1)[:, 0]
+            return torch.multinomial(probs, 1, generator=generator)[:, 0]
         vals, idx = probs.topk(min(self.k, probs.shape[-1]), dim=-1)
         short = vals.sum(-1) < self.top_p  # the candidates hold less than the nucleus's mass
         token = torch.empty(len(probs), 1, dtype=torch.long, device=probs.device)
@@ -121,7 +121,7 @@ class NucleusSampler:
             keep = (v.cumsum(-1) - v) < self.top_p  # the mass before each word is below top_p
             keep[:, 0] = True  # top_p 0 is greedy
             v = v * keep
-            token[rows] = i.gather(-1, torch.multinomial(v, 1))
+            token[rows] = i.gather(-1, torch.multinomial(v, 1, generator=generator))
         return token[:, 0]
 
 
@@ -173,50 +173,110 @@ def decodes_alone(model) -> bool:
     return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
+class Rows:
+    """The sequences decoding together, one batch row each, for a model that `decodes_alone`.
+
+    Rows join between steps (`join`: prefilled, their key/value states merged into the batch's, left-padded
+    to one width) and leave once they have ended (`keep`: dropped with their states). So a batch runs only as
+    long as its rows still need, and a server can take a new request into a running batch instead of making
+    it wait for the batch to end. A row's arithmetic does not depend on the rows beside it: its greedy tokens
+    are the ones it gets decoded alone, up to the rounding of a different batch shape."""
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        self.model, self.kw = model, cache_kwarg(model)
+        self.cache = self.mask = self.last = self.logits = None
+        # The logits of the prompt are never read but its last position's.
+        takes = inspect.signature(model.forward).parameters
+        self.only_last = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
+        # A sliding-window layer trims its states to its own window, so rows can leave it but not join it.
+        self.joinable = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+
+    def __len__(self):
+        return 0 if self.mask is None else len(self.mask)
+
+    @torch.inference_mode()
+    def join(self, enc: dict):
+        """Prefill `enc` (as `HFBackend._encode` lays a batch out); its rows follow the rows already here."""
+        from transformers import DynamicCache
+
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        cache = enc[self.kw] if self.kw in enc else DynamicCache(config=self.model.config)
+        k = cache.get_seq_length()  # the shared opening, already run
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` derives positions from a left-padded mask
+        out = self.model(input_ids=ids[:, k:], attention_mask=mask, position_ids=pos[:, k:], use_cache=True,
+                         **self.only_last, **{self.kw: cache})
+        logits, last, cache = out.logits[:, -1].clone(), pos[:, -1], output_cache(out)  # cloned: the rest is freed
+        if not len(self):
+            self.cache, self.mask, self.last, self.logits = cache, mask, last, logits
+            return
+        if not self.joinable:
+            raise ValueError("this model's cache cannot take rows into a running batch")
+        # Both batches are left-padded to one width; the padding is masked out.
+        width = max(mask.shape[1], self.mask.shape[1])
+        pad = torch.nn.functional.pad
+        for mine, theirs in zip(self.cache.layers, cache.layers):  # (rows, heads, positions, head size)
+            mine.keys, mine.values = (torch.cat([pad(a, (0, 0, width - a.shape[-2], 0)),
+                                                 pad(b, (0, 0, width - b.shape[-2], 0))])
+                                      for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)))
+        self.mask = torch.cat([pad(m, (width - m.shape[-1], 0)) for m in (self.mask, mask)])
+        self.last, self.logits = torch.cat([self.last, last]), torch.cat([self.logits, logits])
+
+    def keep(self, going: torch.Tensor):
+        """Keep the rows where `going` (one bool per row) holds, in order; the others leave with their states."""
+        if going.all():
+            return
+        if not going.any():
+            self.cache = self.mask = self.last = self.logits = None
+            return
+        rows = going.nonzero()[:, 0]
+        self.cache.batch_select_indices(rows)
+        self.mask, self.last, self.logits = self.mask[rows], self.last[rows], self.logits[rows]
+        # Columns that are padding in every row left go too (a sliding-window layer's own length is its own).
+        start = int(self.mask.any(0).long().argmax()) if self.joinable else 0
+        if start:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+            self.mask = self.mask[:, start:]
+
+    @torch.inference_mode()
+    def step(self, token: torch.Tensor):
+        """Feed each row its next token (one per row); `logits` become the scores of the token after it."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], 1)
+        self.last = self.last + 1
+        out = self.model(input_ids=token[:, None], attention_mask=self.mask, position_ids=self.last[:, None],
+                         use_cache=True, **{self.kw: self.cache})
+        self.cache, self.logits = output_cache(out), out.logits[:, -1]
+
+
 @torch.inference_mode()
 def decode(model, enc: dict, max_new_tokens: int, pick, eos) -> list[list[int]]:
     """Each row's new tokens (its end-of-sequence token last, where it ended), from `enc` as `_encode` lays
     a batch out; for a model that `decodes_alone`.
 
-    Unlike `generate`, a row leaves the batch once it has ended, and with it its key/value states: a batch's
-    decode runs as long as its longest answer, and one answer that loops to the token limit would otherwise
-    keep every finished row computing beside it. A row's arithmetic does not depend on the rows beside it, so
-    its greedy tokens are the ones `generate` would give, up to the rounding of a different batch shape.
+    Unlike `generate`, a row leaves the batch once it has ended (`Rows`): a batch's decode runs as long as its
+    longest answer, and one answer that loops to the token limit would otherwise keep every finished row
+    computing beside it. Greedy tokens are `generate`'s, up to the rounding of a different batch shape.
     Sampled ones are other draws: the random numbers are drawn for the rows still running only."""
-    from transformers import DynamicCache
-
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    out = [[] for _ in range(len(ids))]
+    out = [[] for _ in range(len(enc["input_ids"]))]
     if max_new_tokens < 1:
         return out
-    kw = cache_kwarg(model)
-    cache = enc[kw] if kw in enc else DynamicCache(config=model.config)
-    k = cache.get_seq_length()  # the shared opening, already run
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` derives positions from a left-padded mask
-    eos = torch.tensor(sorted(eos), dtype=torch.long, device=ids.device)
-    live = torch.arange(len(ids), device=ids.device)  # the batch row of each row still decoding
-    # The prompt's logits are never read but its last position's (copied, so the rest can be freed).
-    only_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    step_out = model(input_ids=ids[:, k:], attention_mask=mask, position_ids=pos[:, k:], use_cache=True,
-                     **only_last, **{kw: cache})
-    logits, last = step_out.logits[:, -1].clone(), pos[:, -1]
+    rows = Rows(model)
+    rows.join(enc)
+    eos = torch.tensor(sorted(eos), dtype=torch.long, device=rows.mask.device)
+    live = torch.arange(len(out), device=rows.mask.device)  # the batch row of each row still decoding
     for step in range(max_new_tokens):
-        token = pick(logits.float())
+        token = pick(rows.logits.float())
         for row, t in zip(live.tolist(), token.tolist()):
             out[row].append(t)
         going = ~torch.isin(token, eos)
         if step == max_new_tokens - 1 or not going.any():
             break
-        cache = output_cache(step_out)
-        if not going.all():
-            keep = going.nonzero()[:, 0]
-            cache.batch_select_indices(keep)
-            live, token, mask, last = live[keep], token[keep], mask[keep], last[keep]
-        mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)
-        last = last + 1
-        step_out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True,
-                         **{kw: cache})
-        logits = step_out.logits[:, -1]
+        rows.keep(going)
+        live, token = live[going], token[going]
+        rows.step(token)
     return out
 
 

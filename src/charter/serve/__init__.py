@@ -3,7 +3,7 @@
 
 guard.py     the input/output guard and its audit log (no HTTP; unit-tested on a keyword scorer)
 engines.py   local models and upstream servers as async token streams
-hf_stream.py batched token streaming for transformers models
+hf_stream.py token streaming for transformers models, continuously batched
 pipeline.py  one guarded completion as events
 app.py       the FastAPI app and server-sent events
 chat.py      the terminal chat

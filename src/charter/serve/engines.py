@@ -5,8 +5,8 @@ token for transformers models and upstream servers), filling `stats` with `promp
 `completion_tokens` and `finish_reason` as it learns them. Closing the iterator early (a client left, the
 guard stopped the response) cancels the work behind it.
 
-- transformers models (`default`, folders, hub ids, run directories): one worker thread batches the
-  requests waiting at that moment into one `generate` call and streams each row as it decodes
+- transformers models (`default`, folders, hub ids, run directories): one worker thread decodes the requests
+  in one batch that new requests join between steps, and streams each row as it decodes
   (`serve/hf_stream.py`); a run whose cast stage ran is steered there, each row by its own request;
 - other charter backends (llama.cpp, vLLM, the fake backend): batched the same way, each response streamed
   once it is complete;
@@ -110,6 +110,19 @@ class Batcher:
                     rest.append(j)
             self.pending = rest
         return batch
+
+    def more(self, n: int) -> list:
+        """Up to `n` waiting jobs, whatever their sampling settings, at once: for an engine that takes new
+        requests into the batch it is running."""
+        out = []
+        with self.cv:
+            while self.pending and len(out) < n:
+                j = self.pending.popleft()
+                if j.cancelled:
+                    j.end()
+                else:
+                    out.append(j)
+        return out
 
     def _work(self):
         while True:

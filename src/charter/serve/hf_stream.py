@@ -1,10 +1,14 @@
-"""Token streaming for transformers models, many requests per batch.
+"""Token streaming for transformers models, with continuous batching.
 
-The requests waiting when a batch starts share one `generate` call (left-padded, as the HF backend pads).
-A streamer receives each step's tokens for the whole batch and hands every row's new text to its own
-request; a stopping criterion ends a row when its request has its own `max_tokens`, or was cancelled (the
-client left, or the guard stopped it), so one short or abandoned request does not hold the others' rows
-busy. transformers' own streamers handle one sequence only, and its continuous batching does not stream.
+One worker thread decodes the requests together (`backends.hf.Rows`). Between two steps it takes the requests
+that arrived into the running batch, up to `batch_size` rows, prefilled beside the rows already decoding, and
+lets each row go once its request has its own `max_tokens`, has ended, or was cancelled (the client left, or
+the guard stopped it). So a new request waits one step, not until the batch's longest answer ends, and a
+finished or abandoned one stops costing anything. Each row samples by its own request's settings; one with a
+`seed` draws from a generator of its own, so its answer does not depend on the requests beside it.
+
+A model that `Rows` cannot run (`hf.decodes_alone`: a generation config with logits processors, a recurrent
+cache) streams through transformers' `generate`, one batch of the requests waiting when it starts.
 """
 from __future__ import annotations
 
@@ -14,13 +18,15 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from ..backends.hf import sampling_kwargs
+from ..backends.hf import NucleusSampler, Rows, sampling_kwargs
 from .engines import Batcher, Sampling
 
 
 class _Row:
-    def __init__(self, job, tok, eos: set):
-        self.job, self.tok, self.eos = job, tok, eos
+    def __init__(self, job, tok, eos: set, flag: bool = False, device="cpu"):
+        self.job, self.tok, self.eos, self.flag = job, tok, eos, flag
+        seed = job.sampling.seed
+        self.gen = torch.Generator(device).manual_seed(seed) if seed is not None else None
         self.ids: list[int] = []
         self.sent = 0
         self.finished = False
@@ -48,7 +54,91 @@ class _Row:
             self.job.end()
 
 
+def pick(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    """One token per row: greedy, or nucleus-sampled by the row's own request (its own generator if seeded)."""
+    logits = logits.float()
+    token = logits.argmax(-1)
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        s = r.job.sampling
+        if s.temperature > 0:
+            groups.setdefault((s.temperature, s.top_p, r.gen), []).append(i)
+    for (temperature, top_p, gen), idx in groups.items():
+        token[idx] = NucleusSampler(temperature, top_p).draw(logits[idx], gen)
+    return token
+
+
+class HFEngine:
+    def __init__(self, backend, batch_size: int = 16):
+        self.backend, self.name = backend, backend.name
+        self.eos = backend.eos
+        self.batch_size = max(1, batch_size)
+        self.batcher = Batcher(self._run, batch_size, name="charter-hf-engine")
+
+    def stream(self, messages, sampling: Sampling, stats: dict):
+        return self.batcher.stream(messages, sampling, stats)
+
+    @torch.inference_mode()
+    def _run(self, jobs):
+        """Decode `jobs`, and every request that arrives while they run, until none is left. Jobs taken in are
+        appended to `jobs`, so that the batcher ends them all, should a step fail."""
+        b = self.backend
+        if not b.decodes_alone:
+            return self._run_whole(jobs)
+        # A run whose cast stage ran is served steered: each row by the supervisor's reading of its request, so
+        # rows cannot share an opening run once, and each forward pass is told the flags of the rows it runs.
+        steer = getattr(b, "steer_rows", None)
+        rows, live, flags = Rows(b.model), [], []
+
+        def admit(new):
+            enc = b._encode([b.render(j.messages) for j in new], max(j.sampling.max_tokens for j in new),
+                            share=not steer)
+            for j, n in zip(new, enc["attention_mask"].sum(1).tolist()):
+                j.stats["prompt_tokens"] = int(n)
+            flags[:] = b.flags([j.messages for j in new]) if steer else [False] * len(new)
+            rows.join(enc)
+            live.extend(_Row(j, b.tok, self.eos, f, b.device) for j, f in zip(new, flags))
+
+        with steer(lambda: flags) if steer else contextlib.nullcontext():
+            admit(jobs)
+            while live:
+                token = pick(rows.logits, live)
+                for r, t in zip(live, token.tolist()):
+                    r.take(t)
+                going = torch.tensor([not r.finished for r in live], device=token.device)
+                rows.keep(going)
+                live[:] = [r for r in live if not r.finished]
+                if live:
+                    flags[:] = [r.flag for r in live]
+                    rows.step(token[going])
+                room = self.batch_size - len(live)
+                new = self.batcher.more(room) if room and (rows.joinable or not live) else []
+                if new:
+                    jobs.extend(new)
+                    admit(new)
+
+    def _run_whole(self, jobs):
+        b = self.backend
+        max_new = max(j.sampling.max_tokens for j in jobs)
+        steer = getattr(b, "steer_rows", None)
+        enc = b._encode([b.render(j.messages) for j in jobs], max_new, share=not steer)
+        for j, n in zip(jobs, enc["attention_mask"].sum(1).tolist()):
+            j.stats["prompt_tokens"] = int(n)
+        s = jobs[0].sampling
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        rows = [_Row(j, b.tok, self.eos) for j in jobs]
+        flags = b.flags([j.messages for j in jobs]) if steer else None
+        with steer(lambda: flags) if steer else contextlib.nullcontext():
+            b.model.generate(
+                **enc, max_new_tokens=max_new, pad_token_id=b.tok.pad_token_id,
+                **sampling_kwargs(s.temperature, s.top_p),
+                streamer=_RowStreamer(rows), stopping_criteria=StoppingCriteriaList([_RowStop(rows)]))
+
+
 class _RowStreamer(BaseStreamer):
+    """`generate`'s tokens for the whole batch at each step, handed to each row's request."""
+
     def __init__(self, rows):
         self.rows, self.prompt_seen = rows, False
 
@@ -65,38 +155,10 @@ class _RowStreamer(BaseStreamer):
 
 
 class _RowStop(StoppingCriteria):
+    """Ends a row of `generate` whose request has its tokens or was cancelled."""
+
     def __init__(self, rows):
         self.rows = rows
 
     def __call__(self, input_ids, scores, **kwargs):
         return torch.tensor([r.finished or r.job.cancelled for r in self.rows], device=input_ids.device)
-
-
-class HFEngine:
-    def __init__(self, backend, batch_size: int = 16):
-        self.backend, self.name = backend, backend.name
-        self.eos = backend.eos
-        self.batcher = Batcher(self._run, batch_size, name="charter-hf-engine")
-
-    def stream(self, messages, sampling: Sampling, stats: dict):
-        return self.batcher.stream(messages, sampling, stats)
-
-    @torch.inference_mode()
-    def _run(self, jobs):
-        b = self.backend
-        max_new = max(j.sampling.max_tokens for j in jobs)
-        # A steered backend edits each row by its own request's flag, so rows cannot share an opening run once.
-        steer = getattr(b, "steer_rows", None)
-        enc = b._encode([b.render(j.messages) for j in jobs], max_new, share=not steer)
-        for j, n in zip(jobs, enc["attention_mask"].sum(1).tolist()):
-            j.stats["prompt_tokens"] = int(n)
-        s = jobs[0].sampling
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
-        rows = [_Row(j, b.tok, self.eos) for j in jobs]
-        # A run whose cast stage ran is served steered: each row by the supervisor's reading of its request.
-        with steer([j.messages for j in jobs]) if steer else contextlib.nullcontext():
-            b.model.generate(
-                **enc, max_new_tokens=max_new, pad_token_id=b.tok.pad_token_id,
-                **sampling_kwargs(s.temperature, s.top_p),
-                streamer=_RowStreamer(rows), stopping_criteria=StoppingCriteriaList([_RowStop(rows)]))
