@@ -271,7 +271,8 @@ def test_transformers_model_streams_token_by_token(tiny_model, tmp):
 def test_a_request_joins_the_batch_that_is_running(tiny_model):
     """The transformers engine batches continuously: a request that arrives while another decodes is taken
     into its batch at the next step (it ends first, in the same batch), and every answer is the one it gets
-    alone, a seeded sampled one included; a model `Rows` cannot run streams through `generate`, as before."""
+    alone, a seeded sampled one included. A request asking for more than the context holds gets half of it; one
+    that cannot be prefilled fails alone. A model `Rows` cannot run streams through `generate`, as before."""
     import asyncio
 
     from charter.backends import GenParams, get_backend, hf, user
@@ -281,37 +282,61 @@ def test_a_request_joins_the_batch_that_is_running(tiny_model):
     backend = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
     backend.eos = set()  # every answer runs to its own max_tokens, whatever the random model says
     long, short, sampled = user("tell me a story about a dog"), user("how do i cook rice"), user("why")
-    want_long = backend.generate([long], GenParams(max_new_tokens=300, temperature=0.0))[0]
+    huge, broken = user("tell me everything"), user("BROKEN request")
+    want_long = backend.generate([long], GenParams(max_new_tokens=250, temperature=0.0))[0]
     want_short = backend.generate([short], GenParams(max_new_tokens=12, temperature=0.0))[0]
+    half = backend.max_context // 2  # 256 of the tiny model's 512 positions
+    want_huge = backend.generate([huge], GenParams(max_new_tokens=half, temperature=0.0))[0]
     step = backend.model.register_forward_pre_hook(lambda *a: time.sleep(0.005))  # slow enough to arrive mid-way
+    encode = backend._encode
+
+    def failing(texts, *a, **kw):  # a request whose prefill fails, as a malformed one might
+        if any("BROKEN" in t for t in texts):
+            raise ValueError("cannot encode")
+        return encode(texts, *a, **kw)
+
+    backend._encode = failing
 
     def serve(requests):
         engine = HFEngine(backend, batch_size=4)
-        out, ended = {}, []
+        out, ended, stats = {}, [], {}
 
         async def one(name, m, s, after=None):
             while after is not None and len(out.get(after, [])) < 5:  # once `after` is well under way
                 await asyncio.sleep(0.01)
-            out[name] = []
-            async for piece in engine.stream(m, s, {}):
-                out[name].append(piece)
+            out[name], stats[name] = [], {}
+            try:
+                async for piece in engine.stream(m, s, stats[name]):
+                    out[name].append(piece)
+            except ValueError as e:
+                stats[name]["error"] = str(e)
             ended.append(name)
 
         async def main():
             await asyncio.gather(*(one(*r) for r in requests))
 
         asyncio.run(main())
-        return engine, {k: "".join(v).strip() for k, v in out.items()}, ended
+        deadline = time.time() + 10  # the batcher counts a run once it has returned, after its last answer
+        while engine.batcher.batches < 1 and time.time() < deadline:
+            time.sleep(0.01)
+        return engine, {k: "".join(v).strip() for k, v in out.items()}, ended, stats
 
     try:
-        _, alone, _ = serve([("sampled", sampled, Sampling(20, 0.9, 0.95, seed=7))])
-        engine, got, ended = serve([("long", long, Sampling(300, 0.0)), ("short", short, Sampling(12, 0.0), "long"),
-                                    ("sampled", sampled, Sampling(20, 0.9, 0.95, seed=7), "long")])
+        _, alone, _, _ = serve([("sampled", sampled, Sampling(20, 0.9, 0.95, seed=7))])
+        engine, got, ended, stats = serve([
+            ("long", long, Sampling(250, 0.0)), ("short", short, Sampling(12, 0.0), "long"),
+            ("sampled", sampled, Sampling(20, 0.9, 0.95, seed=7), "long"), ("huge", huge, Sampling(600, 0.0), "long"),
+            ("broken", broken, Sampling(12, 0.0), "short")])
     finally:
         step.remove()
+        backend._encode = encode
     assert got["long"] == want_long and got["short"] == want_short
     assert got["sampled"] == alone["sampled"] != ""  # its own generator: the same draw beside other rows
-    assert engine.batcher.batches == 1 and ended[-1] == "long"  # one run served all three, the long one last
+    assert got["huge"] == want_huge and stats["huge"]["completion_tokens"] == half
+    assert stats["huge"]["finish_reason"] == "length"
+    assert stats["broken"]["error"] == "cannot encode" and got["broken"] == ""
+    # One run served them all: the short ones ended while the long one was still decoding.
+    assert engine.batcher.batches == 1 and ended.index("short") < ended.index("long"), ended
     penalised = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
     penalised.model.generation_config.suppress_tokens = [5]  # a logits processor: `generate` streams it
     penalised = hf.HFBackend(str(tiny_model), model=penalised.model, tokenizer=penalised.tok, progress=False)

@@ -2,6 +2,7 @@
 backend that adds the direction to flagged requests and projects it out of the others."""
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -112,6 +113,32 @@ def test_a_cast_run_is_served_and_evaluated_steered(tiny_model, tmp_path, monkey
     for m, want in zip(asks, expected):  # one at a time, so each batch is the request alone
         assert asyncio.run(one(m)) == want
     assert engine.backend.flagged == 1
+    # The flagged request joins the unflagged one mid-decode: each forward pass steers the rows it runs by their
+    # own flags (the joining row's prefill, then both rows' steps), so each answer is its answer alone.
+    engine.eos = engine.backend.inner.eos = set()  # both run to their token limits
+    alone = [engine.backend.generate([m], GenParams(n, 0.0))[0] for m, n in ((asks[1], 80), (asks[0], 12))]
+    slow = engine.backend.inner.model.register_forward_pre_hook(lambda *a: time.sleep(0.005))
+    seen = []
+
+    async def both():
+        async def first():
+            async for piece in engine.stream(asks[1], Sampling(80, 0.0), {}):
+                seen.append(piece)
+
+        async def second():
+            while len(seen) < 5:
+                await asyncio.sleep(0.01)
+            text = await one(asks[0])
+            return text, len(seen)
+
+        return await asyncio.gather(first(), second())
+
+    try:
+        _, (joined, at_end) = asyncio.run(both())
+    finally:
+        slow.remove()
+    assert ["".join(seen).strip(), joined.strip()] == alone
+    assert at_end < len(seen)  # it ended while the first was still decoding: they shared the batch
     from charter.evals.compare import compare
 
     # `charter compare` too; its answer cache keeps the steered model apart from the weights it steers.

@@ -217,10 +217,12 @@ class Rows:
         # Both batches are left-padded to one width; the padding is masked out.
         width = max(mask.shape[1], self.mask.shape[1])
         pad = torch.nn.functional.pad
-        for mine, theirs in zip(self.cache.layers, cache.layers):  # (rows, heads, positions, head size)
-            mine.keys, mine.values = (torch.cat([pad(a, (0, 0, width - a.shape[-2], 0)),
-                                                 pad(b, (0, 0, width - b.shape[-2], 0))])
-                                      for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values)))
+        # States are (rows, heads, positions, head size): padded along positions, joined along rows.
+        merged = [[torch.cat([pad(a, (0, 0, width - a.shape[-2], 0)), pad(b, (0, 0, width - b.shape[-2], 0))])
+                   for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values))]
+                  for mine, theirs in zip(self.cache.layers, cache.layers)]
+        for layer, (keys, values) in zip(self.cache.layers, merged):  # only once every layer has merged
+            layer.keys, layer.values = keys, values
         self.mask = torch.cat([pad(m, (width - m.shape[-1], 0)) for m in (self.mask, mask)])
         self.last, self.logits = torch.cat([self.last, last]), torch.cat([self.logits, logits])
 
@@ -365,7 +367,7 @@ class HFBackend:
         return out
 
     @torch.inference_mode()
-    def _encode(self, texts, budget: int, share: bool = True) -> dict:
+    def _encode(self, texts, budget, share: bool = True) -> dict:
         """`generate` arguments for a batch, laid out [shared opening | left padding | own tokens].
 
         Every chat prompt opens with the same system turn and user header, and a few-shot prompt (GSM8K's four
@@ -373,15 +375,19 @@ class HFBackend:
         with `share` the opening is run once, its key/value states are repeated across the batch, and each row
         is prefilled from where it differs. Positions come from the attention mask, so each row's tokens keep the
         positions they have when the prompt is run whole. Without a shared opening (under 8 tokens, `share`
-        off, a cache that cannot be shared) this is plain left padding."""
+        off, a cache that cannot be shared) this is plain left padding.
+
+        `budget` is the tokens each answer may take (one for all, or one per text): a prompt that would leave
+        less than that of the context is cut to fit, whatever the prompts beside it."""
         rows = [self.tok(t, add_special_tokens=False).input_ids for t in texts]
-        limit = self.max_context - budget
-        cut = sum(len(r) > limit for r in rows)
+        budgets = [budget] * len(rows) if isinstance(budget, int) else list(budget)
+        limits = [max(1, self.max_context - b) for b in budgets]
+        cut = sum(len(r) > n for r, n in zip(rows, limits))
         if cut:
             # Keep the end of the prompt: the request and the generation prompt live there.
             self.truncated += cut
-            log.warning("%d prompt(s) longer than the %d-token context were truncated", cut, limit)
-            rows = [r[-limit:] for r in rows]
+            log.warning("%d prompt(s) longer than the context less their answers' tokens were truncated", cut)
+            rows = [r[-n:] for r, n in zip(rows, limits)]
         k = common_prefix_len(rows) if share and len(rows) > 1 else 0
         kv = prefix_states(self.model, rows[0][:k])[1] if k >= 8 else None
         k = k if kv is not None else 0

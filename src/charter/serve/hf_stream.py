@@ -13,6 +13,7 @@ cache) streams through transformers' `generate`, one batch of the requests waiti
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -21,10 +22,13 @@ from transformers.generation.streamers import BaseStreamer
 from ..backends.hf import NucleusSampler, Rows, sampling_kwargs
 from .engines import Batcher, Sampling
 
+log = logging.getLogger("charter")
+
 
 class _Row:
-    def __init__(self, job, tok, eos: set, flag: bool = False, device="cpu"):
+    def __init__(self, job, tok, eos: set, flag: bool = False, device="cpu", limit: int | None = None):
         self.job, self.tok, self.eos, self.flag = job, tok, eos, flag
+        self.limit = min(job.sampling.max_tokens, limit or job.sampling.max_tokens)  # tokens it may decode
         seed = job.sampling.seed
         self.gen = torch.Generator(device).manual_seed(seed) if seed is not None else None
         self.ids: list[int] = []
@@ -44,7 +48,7 @@ class _Row:
         if not text.endswith("\ufffd"):
             self.job.emit(text[self.sent:])
             self.sent = len(text)
-        if len(self.ids) >= self.job.sampling.max_tokens:
+        if len(self.ids) >= self.limit:
             self.finish("length")
 
     def finish(self, reason: str):
@@ -91,13 +95,16 @@ class HFEngine:
         rows, live, flags = Rows(b.model), [], []
 
         def admit(new):
-            enc = b._encode([b.render(j.messages) for j in new], max(j.sampling.max_tokens for j in new),
-                            share=not steer)
+            # Each answer gets at most half the context, and each prompt is cut (from its start) by its own
+            # budget alone, so that no row's positions run past the context and none depends on its neighbours.
+            budgets = [min(j.sampling.max_tokens, b.max_context // 2) for j in new]
+            enc = b._encode([b.render(j.messages) for j in new], budgets, share=not steer)
             for j, n in zip(new, enc["attention_mask"].sum(1).tolist()):
                 j.stats["prompt_tokens"] = int(n)
-            flags[:] = b.flags([j.messages for j in new]) if steer else [False] * len(new)
+            fl = b.flags([j.messages for j in new]) if steer else [False] * len(new)
+            flags[:] = fl
             rows.join(enc)
-            live.extend(_Row(j, b.tok, self.eos, f, b.device) for j, f in zip(new, flags))
+            live.extend(_Row(j, b.tok, self.eos, f, b.device, n) for j, f, n in zip(new, fl, budgets))
 
         with steer(lambda: flags) if steer else contextlib.nullcontext():
             admit(jobs)
@@ -111,23 +118,33 @@ class HFEngine:
                 if live:
                     flags[:] = [r.flag for r in live]
                     rows.step(token[going])
+                # The batcher ends every job in `jobs` should a step fail; the finished ones have ended already.
+                jobs[:] = [r.job for r in live]
                 room = self.batch_size - len(live)
                 new = self.batcher.more(room) if room and (rows.joinable or not live) else []
-                if new:
-                    jobs.extend(new)
+                if not new:
+                    continue
+                jobs.extend(new)
+                try:
                     admit(new)
+                except Exception as e:  # a request that cannot be prefilled fails alone, not the rows decoding
+                    log.exception("a request could not join the running batch")
+                    for j in new:
+                        j.end(e)
+                    jobs[:], flags[:] = [r.job for r in live], [r.flag for r in live]
 
     def _run_whole(self, jobs):
         b = self.backend
-        max_new = max(j.sampling.max_tokens for j in jobs)
+        budgets = [min(j.sampling.max_tokens, b.max_context // 2) for j in jobs]  # as in `_run`
         steer = getattr(b, "steer_rows", None)
-        enc = b._encode([b.render(j.messages) for j in jobs], max_new, share=not steer)
+        enc = b._encode([b.render(j.messages) for j in jobs], budgets, share=not steer)
         for j, n in zip(jobs, enc["attention_mask"].sum(1).tolist()):
             j.stats["prompt_tokens"] = int(n)
         s = jobs[0].sampling
-        if s.seed is not None:
+        if s.seed is not None:  # one generator for the batch: a seeded answer here depends on its neighbours
             torch.manual_seed(s.seed)
-        rows = [_Row(j, b.tok, self.eos) for j in jobs]
+        rows = [_Row(j, b.tok, self.eos, limit=n) for j, n in zip(jobs, budgets)]
+        max_new = max(budgets)
         flags = b.flags([j.messages for j in jobs]) if steer else None
         with steer(lambda: flags) if steer else contextlib.nullcontext():
             b.model.generate(
@@ -151,7 +168,7 @@ class _RowStreamer(BaseStreamer):
 
     def end(self):
         for row in self.rows:
-            row.finish("length" if len(row.ids) >= row.job.sampling.max_tokens else "stop")
+            row.finish("length" if len(row.ids) >= row.limit else "stop")
 
 
 class _RowStop(StoppingCriteria):
