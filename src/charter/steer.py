@@ -90,9 +90,16 @@ def steering(model, direction: torch.Tensor, layer: int, scale: float, flagged):
     def drop(h):
         return h - (h @ unit).unsqueeze(-1) * unit
 
+    def first(h):  # the layer where a flagged row gets the direction added
+        o = on()
+        return o * (h + shift) + (1 - o) * drop(h)
+
+    def later(h):
+        o = on()
+        return o * h + (1 - o) * drop(h)
+
     blocks = model.model.layers[layer - 1:]
-    return _edited([(blocks[0], lambda h: on() * (h + shift) + (1 - on()) * drop(h))]
-                   + [(b, lambda h: on() * h + (1 - on()) * drop(h)) for b in blocks[1:]])
+    return _edited([(blocks[0], first)] + [(b, later) for b in blocks[1:]])
 
 
 class SteeredBackend:

@@ -26,9 +26,11 @@ log = logging.getLogger("charter")
 
 
 class _Row:
-    def __init__(self, job, tok, eos: set, flag: bool = False, device="cpu", limit: int | None = None):
+    def __init__(self, job, tok, eos: set, max_context: int, flag: bool = False, device="cpu"):
         self.job, self.tok, self.eos, self.flag = job, tok, eos, flag
-        self.limit = min(job.sampling.max_tokens, limit or job.sampling.max_tokens)  # tokens it may decode
+        # Each answer gets at most half the context, and its prompt is cut to fit by this budget alone, so that
+        # no row's positions run past the context and none depends on its neighbours.
+        self.limit = min(job.sampling.max_tokens, max_context // 2)
         seed = job.sampling.seed
         self.gen = torch.Generator(device).manual_seed(seed) if seed is not None else None
         self.ids: list[int] = []
@@ -95,16 +97,16 @@ class HFEngine:
         rows, live, flags = Rows(b.model), [], []
 
         def admit(new):
-            # Each answer gets at most half the context, and each prompt is cut (from its start) by its own
-            # budget alone, so that no row's positions run past the context and none depends on its neighbours.
-            budgets = [min(j.sampling.max_tokens, b.max_context // 2) for j in new]
-            enc = b._encode([b.render(j.messages) for j in new], budgets, share=not steer)
+            joining = [_Row(j, b.tok, self.eos, b.max_context, device=b.device) for j in new]
+            enc = b._encode([b.render(j.messages) for j in new], [r.limit for r in joining], share=not steer)
             for j, n in zip(new, enc["attention_mask"].sum(1).tolist()):
                 j.stats["prompt_tokens"] = int(n)
-            fl = b.flags([j.messages for j in new]) if steer else [False] * len(new)
-            flags[:] = fl
+            if steer:
+                for r, f in zip(joining, b.flags([j.messages for j in new])):
+                    r.flag = f
+            flags[:] = [r.flag for r in joining]
             rows.join(enc)
-            live.extend(_Row(j, b.tok, self.eos, f, b.device, n) for j, f, n in zip(new, fl, budgets))
+            live.extend(joining)
 
         with steer(lambda: flags) if steer else contextlib.nullcontext():
             admit(jobs)
@@ -135,16 +137,15 @@ class HFEngine:
 
     def _run_whole(self, jobs):
         b = self.backend
-        budgets = [min(j.sampling.max_tokens, b.max_context // 2) for j in jobs]  # as in `_run`
+        rows = [_Row(j, b.tok, self.eos, b.max_context) for j in jobs]
         steer = getattr(b, "steer_rows", None)
-        enc = b._encode([b.render(j.messages) for j in jobs], budgets, share=not steer)
+        enc = b._encode([b.render(j.messages) for j in jobs], [r.limit for r in rows], share=not steer)
         for j, n in zip(jobs, enc["attention_mask"].sum(1).tolist()):
             j.stats["prompt_tokens"] = int(n)
         s = jobs[0].sampling
         if s.seed is not None:  # one generator for the batch: a seeded answer here depends on its neighbours
             torch.manual_seed(s.seed)
-        rows = [_Row(j, b.tok, self.eos, limit=n) for j, n in zip(jobs, budgets)]
-        max_new = max(budgets)
+        max_new = max(r.limit for r in rows)
         flags = b.flags([j.messages for j in jobs]) if steer else None
         with steer(lambda: flags) if steer else contextlib.nullcontext():
             b.model.generate(
