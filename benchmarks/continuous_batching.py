@@ -28,10 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
+from charter.serve.load import percentile  # noqa: E402  (the load test's rule, so p99s compare)
 
 
 def serve(engine, workload):
@@ -90,10 +87,10 @@ def main():
            "max_tokens": [16, 64, 128], "order": "joins, waits, waits, joins"}
     for name, results in runs.items():
         rows = [r for res, _ in results for r in res]
-        out[name] = {"first_text_s": {"p50": round(pct([r[0] for r in rows], 0.5), 3),
-                                      "p99": round(pct([r[0] for r in rows], 0.99), 3)},
-                     "latency_s": {"p50": round(pct([r[1] for r in rows], 0.5), 2),
-                                   "p99": round(pct([r[1] for r in rows], 0.99), 2),
+        out[name] = {"first_text_s": {"p50": round(percentile([r[0] for r in rows], 0.5), 3),
+                                      "p99": round(percentile([r[0] for r in rows], 0.99), 3)},
+                     "latency_s": {"p50": round(percentile([r[1] for r in rows], 0.5), 2),
+                                   "p99": round(percentile([r[1] for r in rows], 0.99), 2),
                                    "mean": round(statistics.mean(r[1] for r in rows), 2)},
                      "last_ended_s": [round(wall, 2) for _, wall in results]}
     texts = {name: [r[2] for r in results[-1][0]] for name, results in runs.items()}

@@ -42,10 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+from charter.serve.load import percentile  # noqa: E402  (the load test's rule, so p99s compare)
 
 
 def rate(flags) -> float | None:
@@ -194,9 +191,11 @@ def input_latency(guard, tok, prompts, repeats):
         t0 = time.perf_counter()
         guard.check_input([{"role": "user", "content": long}])
         ms500.append(1000 * (time.perf_counter() - t0))
-    return {"requests": {"n": len(ms), "p50_ms": round(pct(ms, 0.5), 1), "p99_ms": round(pct(ms, 0.99), 1)},
-            "request_500_tokens": {"n": len(ms500), "windows": len(guard.windows(long)),
-                                   "p50_ms": round(pct(ms500, 0.5), 1), "p99_ms": round(pct(ms500, 0.99), 1)}}
+    def spread(xs):
+        return {"p50_ms": round(percentile(xs, 0.5), 1), "p99_ms": round(percentile(xs, 0.99), 1)}
+
+    return {"requests": {"n": len(ms), **spread(ms)},
+            "request_500_tokens": {"n": len(ms500), "windows": len(guard.windows(long)), **spread(ms500)}}
 
 
 def streaming_speed(scorer, backend, prompts, max_tokens):

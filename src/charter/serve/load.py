@@ -11,7 +11,9 @@ import threading
 import time
 
 
-def _percentile(xs, q):
+def percentile(xs, q):
+    """The sample at rank round(q * (n - 1)) of the sorted `xs` (None when empty): a reported p99 is a
+    latency some request really had."""
     if not xs:
         return None
     xs = sorted(xs)
@@ -70,6 +72,6 @@ def run_load(base_url: str, model: str, prompts, clients: int = 32, seconds: flo
     return {"clients": clients, "seconds": round(wall, 1), "requests_ok": counts["ok"],
             "requests_failed": counts["failed"], "blocked": counts["blocked"],
             "requests_per_s": round(counts["ok"] / wall, 3) if wall else None,
-            "latency_p50_s": round(_percentile(lat, 0.5), 3) if lat else None,
-            "latency_p99_s": round(_percentile(lat, 0.99), 3) if lat else None,
+            "latency_p50_s": round(percentile(lat, 0.5), 3) if lat else None,
+            "latency_p99_s": round(percentile(lat, 0.99), 3) if lat else None,
             "max_tokens": max_tokens, "errors": errors[:10]}
