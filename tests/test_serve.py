@@ -272,8 +272,10 @@ def test_a_request_joins_the_batch_that_is_running(tiny_model):
     """The transformers engine batches continuously: a request that arrives while another decodes is taken
     into its batch at the next step (it ends first, in the same batch), and every answer is the one it gets
     alone, a seeded sampled one included. A request asking for more than the context holds gets half of it; one
-    that cannot be prefilled fails alone. A model `Rows` cannot run streams through `generate`, as before."""
+    that cannot be prefilled fails alone. A generation config's suppressed tokens are applied row by row; a model `Rows` cannot run streams
+    through `generate`, as before."""
     import asyncio
+    import copy
 
     from charter.backends import GenParams, get_backend, hf, user
     from charter.serve.engines import Sampling
@@ -337,17 +339,24 @@ def test_a_request_joins_the_batch_that_is_running(tiny_model):
     assert stats["broken"]["error"] == "cannot encode" and got["broken"] == ""
     # One run served them all: the short ones ended while the long one was still decoding.
     assert engine.batcher.batches == 1 and ended.index("short") < ended.index("long"), ended
-    penalised = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
-    penalised.model.generation_config.suppress_tokens = [5]  # a logits processor: `generate` streams it
-    penalised = hf.HFBackend(str(tiny_model), model=penalised.model, tokenizer=penalised.tok, progress=False)
-    assert not penalised.decodes_alone
-    engine = HFEngine(penalised, batch_size=4)
+    # A generation config's logits processors: suppressed tokens are applied row by row, so the model still
+    # streams through the batching loop; a forced end token is not, so it falls back to `generate`. Both must
+    # answer as `generate` answers that request alone.
+    base = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
+    unprocessed = base.generate([short], GenParams(max_new_tokens=12, temperature=0.0))[0]
+    first = base.tok(unprocessed.split()[0], add_special_tokens=False).input_ids[0]
+    for field, value, alone_ok in (("suppress_tokens", [first], True), ("forced_eos_token_id", 7, False)):
+        model = copy.deepcopy(base.model)
+        setattr(model.generation_config, field, value)
+        penalised = hf.HFBackend(str(tiny_model), model=model, tokenizer=base.tok, progress=False)
+        assert penalised.decodes_alone is alone_ok, field
+        engine = HFEngine(penalised, batch_size=4)
 
-    async def plain():
-        return "".join([p async for p in engine.stream(short, Sampling(12, 0.0), {})]).strip()
+        async def plain():
+            return "".join([p async for p in engine.stream(short, Sampling(12, 0.0), {})]).strip()
 
-    assert asyncio.run(plain()) == penalised.generate([short], GenParams(max_new_tokens=12, temperature=0.0))[0]
-
+        want = penalised.generate([short], GenParams(max_new_tokens=12, temperature=0.0))[0]
+        assert asyncio.run(plain()) == want != unprocessed, field
 
 def test_upstream_down_or_silent_gets_502_or_504(tmp):
     dead = free_port()  # nothing listens here

@@ -474,9 +474,49 @@ def test_rows_that_join_a_running_batch_decode_as_they_would_alone(tiny_model):
     assert widths[:3] == [3, 2, 2] and max(widths) == 5 and trimmed == 2, (widths, trimmed)
 
 
+def test_generation_config_processors_apply_to_each_row_as_generate_applies_them_alone(tiny_model):
+    """A generation config's logits processors that `hf.Rows` applies itself (a repetition penalty, suppressed
+    tokens, a minimum length) keep the model on charter's decode loop, and each row of a padded batch gets
+    the tokens `generate` gives it alone, processors applied."""
+    from charter.backends import GenParams, get_backend, hf
+
+    b = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
+    with torch.no_grad():  # sharper attention than random init's, so a misplaced position tells
+        for layer in b.model.model.layers:
+            layer.self_attn.q_proj.weight *= 8
+            layer.self_attn.k_proj.weight *= 8
+    prompts = [[{"role": "user", "content": q}] for q in
+               ("how do i bake bread at home", "why", "what is the best way to make a cake with my family")]
+    greedy = GenParams(max_new_tokens=12, temperature=0.0, batch_size=8)
+    plain = b.generate(prompts, greedy)
+    banned = [b.tok(t.split()[0], add_special_tokens=False).input_ids[0] for t in plain]
+    config = b.model.generation_config
+    config.repetition_penalty, config.suppress_tokens, config.min_new_tokens = 1.8, banned, 3
+    penalised = hf.HFBackend(str(tiny_model), model=b.model, tokenizer=b.tok, progress=False)
+    assert penalised.decodes_alone
+    got = penalised.generate(prompts, greedy)
+
+    def alone(p):
+        enc = b._encode([b.render(p)], 12, share=False)
+        out = b.model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=b.tok.pad_token_id)
+        return b.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    assert got == [alone(p) for p in prompts] and got != plain, (got, plain)
+    assert all(b.tok(t.split()[0], add_special_tokens=False).input_ids[0] not in banned for t in got), got
+    # The processors read each row's own history: its prompt without padding, then its tokens.
+    enc = b._encode([b.render(p) for p in prompts], 12, share=False)
+    rows = hf.Rows(b.model, b.eos)
+    rows.join(enc)
+    token = rows.scores().argmax(-1)
+    rows.step(token)
+    for h, ids, m, t in zip(rows.history, enc["input_ids"], enc["attention_mask"], token):
+        assert h.tolist() == ids[m.bool()].tolist() + [int(t)]
+    assert len({len(h) for h in rows.history}) == 3  # the prompts differ in length, so padding would show
+
+
 def test_models_that_decode_cannot_run_alone_decode_through_generate(tiny_model):
-    """A generation config with a logits processor `decode` does not apply (suppressed tokens), or a cache
-    whose rows cannot be dropped (linear attention), sends the model through transformers' `generate`."""
+    """A generation config asking for something `decode` does not do (a forced end-of-sequence token), or a
+    cache whose rows cannot be dropped (linear attention), sends the model through transformers' `generate`."""
     from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
     from charter.backends import GenParams, get_backend, hf
@@ -485,16 +525,15 @@ def test_models_that_decode_cannot_run_alone_decode_through_generate(tiny_model)
     prompts = [[{"role": "user", "content": q}] for q in ("how do i bake bread at home", "why is the sky blue")]
     greedy = GenParams(max_new_tokens=12, temperature=0.0, batch_size=8)
     plain = b.generate(prompts, greedy)
-    banned = [b.tok(t.split()[0], add_special_tokens=False).input_ids[0] for t in plain]
-    b.model.generation_config.suppress_tokens = banned  # a logits processor `generate` applies
-    penalised = hf.HFBackend(str(tiny_model), model=b.model, tokenizer=b.tok, progress=False)
-    assert not penalised.decodes_alone
-    got = penalised.generate(prompts, greedy)
+    b.model.generation_config.forced_eos_token_id = sorted(b.eos)[0]  # `generate` ends every row with it
+    forced = hf.HFBackend(str(tiny_model), model=b.model, tokenizer=b.tok, progress=False)
+    assert not forced.decodes_alone
+    got = forced.generate(prompts, greedy)
     enc = b._encode([b.render(p) for p in prompts], 12)
     want = b.model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=b.tok.pad_token_id)
     assert got == [t.strip() for t in b.tok.batch_decode(want[:, enc["input_ids"].shape[1]:],
                                                             skip_special_tokens=True)]
-    assert all(b.tok(t.split()[0], add_special_tokens=False).input_ids[0] not in banned for t in got), got
+    assert got != plain, got  # the last token was forced
     linear = Qwen3NextForCausalLM(Qwen3NextConfig(
         vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, linear_num_value_heads=2, linear_num_key_heads=1,

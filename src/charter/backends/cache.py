@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import records
 
-VERSION = 5  # bump when the backends' outputs change for the same inputs
+VERSION = 6  # bump when the backends' outputs change for the same inputs
 
 
 def weights_key(spec: str) -> str | None:

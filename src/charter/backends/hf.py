@@ -143,23 +143,44 @@ def next_token(temperature: float, top_p: float | None):
 
 
 # Generation-config fields that `decode` may ignore: token ids it reads itself, bookkeeping, and sampling
-# settings that `sampling_kwargs` overrides on the `generate` path too. Any other field (a repetition
-# penalty, banned words, a minimum length, a cache of another kind) is a logits processor or a stopping rule
-# that `generate` applies, so such a model decodes through `generate`, as it did before `decode` existed.
+# settings that `sampling_kwargs` overrides on the `generate` path too.
 NEUTRAL_GENERATION = {"bos_token_id", "eos_token_id", "pad_token_id", "transformers_version", "_from_model_config",
                       "use_cache", "do_sample", "temperature", "top_p", "top_k", "min_p", "typical_p",
                       "max_length", "max_new_tokens", "output_attentions", "output_hidden_states"}
+# Generation-config fields that are logits processors `Rows` applies itself, in `generate`'s order: name ->
+# the processor for one row, from the config, the row's prompt length and the ids that end a row. Each row is
+# processed by its own history (prompt and answer, no padding), so its answer does not depend on its
+# neighbours. Any other field (a stopping rule, guidance, a cache of another kind) is something `generate`
+# does that `decode` does not, so such a model decodes through `generate`.
+ROW_PROCESSORS = {
+    "sequence_bias": lambda c, n, eos: _lp().SequenceBiasLogitsProcessor(c.sequence_bias),
+    "repetition_penalty": lambda c, n, eos: _lp().RepetitionPenaltyLogitsProcessor(c.repetition_penalty),
+    "no_repeat_ngram_size": lambda c, n, eos: _lp().NoRepeatNGramLogitsProcessor(c.no_repeat_ngram_size),
+    "bad_words_ids": lambda c, n, eos: _lp().NoBadWordsLogitsProcessor(c.bad_words_ids, eos),
+    "min_length": lambda c, n, eos: _lp().MinLengthLogitsProcessor(c.min_length, eos, device=eos.device),
+    "min_new_tokens": lambda c, n, eos: _lp().MinNewTokensLengthLogitsProcessor(n, c.min_new_tokens, eos,
+                                                                                device=eos.device),
+    "suppress_tokens": lambda c, n, eos: _lp().SuppressTokensLogitsProcessor(c.suppress_tokens, device=eos.device),
+    "begin_suppress_tokens": lambda c, n, eos: _lp().SuppressTokensAtBeginLogitsProcessor(
+        c.begin_suppress_tokens, n, device=eos.device),
+}
+
+
+def _lp():
+    from transformers import generation
+    return generation
 
 
 def decodes_alone(model) -> bool:
     """Whether `decode` can run `model`: a generation config with nothing `generate` would apply beyond what
-    `decode` does, a forward that takes positions, and a cache whose layers hold plain keys and values, from
-    which rows can be dropped (not a recurrent or linear-attention state, not one `generate` builds itself)."""
+    `decode` does (`ROW_PROCESSORS` included), a forward that takes positions, and a cache whose layers hold
+    plain keys and values, from which rows can be dropped (not a recurrent or linear-attention state, not one
+    `generate` builds itself)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     config = getattr(model, "generation_config", None)
-    if config is not None and set(config.to_diff_dict()) - NEUTRAL_GENERATION:
+    if config is not None and set(config.to_diff_dict()) - NEUTRAL_GENERATION - set(ROW_PROCESSORS):
         return False
     takes = inspect.signature(model.forward).parameters
     if not {"position_ids", "attention_mask", cache_kwarg(model)} <= set(takes):
@@ -180,14 +201,20 @@ class Rows:
     to one width) and leave once they have ended (`keep`: dropped with their states). So a batch runs only as
     long as its rows still need, and a server can take a new request into a running batch instead of making
     it wait for the batch to end. A row's arithmetic does not depend on the rows beside it: its greedy tokens
-    are the ones it gets decoded alone, up to the rounding of a different batch shape."""
+    are the ones it gets decoded alone, up to the rounding of a different batch shape. The generation
+    config's logits processors (`ROW_PROCESSORS`) apply to each row by its own history (`scores`)."""
 
-    def __init__(self, model):
+    def __init__(self, model, eos=()):
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
         self.model, self.kw = model, cache_kwarg(model)
         self.cache = self.mask = self.last = self.logits = None
+        config = getattr(model, "generation_config", None)
+        diff = config.to_diff_dict() if config is not None else {}
+        self.processed = [f for name, f in ROW_PROCESSORS.items() if name in diff]
+        self.config, self.eos = config, torch.tensor(sorted(eos), dtype=torch.long)
+        self.history, self.processors = [], []  # per row, only where there are processors
         # The logits of the prompt are never read but its last position's.
         takes = inspect.signature(model.forward).parameters
         self.only_last = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
@@ -209,6 +236,11 @@ class Rows:
         out = self.model(input_ids=ids[:, k:], attention_mask=mask, position_ids=pos[:, k:], use_cache=True,
                          **self.only_last, **{self.kw: cache})
         logits, last, cache = out.logits[:, -1].clone(), pos[:, -1], output_cache(out)  # cloned: the rest is freed
+        if self.processed:
+            eos = self.eos.to(ids.device)
+            self.history += [row[m.bool()] for row, m in zip(ids, mask)]
+            self.processors += [_lp().LogitsProcessorList(f(self.config, int(m.sum()), eos) for f in self.processed)
+                                for m in mask]
         if not len(self):
             self.cache, self.mask, self.last, self.logits = cache, mask, last, logits
             return
@@ -232,8 +264,12 @@ class Rows:
             return
         if not going.any():
             self.cache = self.mask = self.last = self.logits = None
+            self.history, self.processors = [], []
             return
         rows = going.nonzero()[:, 0]
+        if self.processed:
+            self.history = [h for h, g in zip(self.history, going.tolist()) if g]
+            self.processors = [p for p, g in zip(self.processors, going.tolist()) if g]
         self.cache.batch_select_indices(rows)
         self.mask, self.last, self.logits = self.mask[rows], self.last[rows], self.logits[rows]
         # Columns that are padding in every row left go too (a sliding-window layer's own length is its own).
@@ -243,9 +279,18 @@ class Rows:
                 layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
             self.mask = self.mask[:, start:]
 
+    def scores(self) -> torch.Tensor:
+        """Each row's scores for its next token, in float32, after the generation config's logits processors."""
+        logits = self.logits.float()
+        if self.processed:
+            logits = torch.cat([p(h[None], row[None]) for p, h, row in zip(self.processors, self.history, logits)])
+        return logits
+
     @torch.inference_mode()
     def step(self, token: torch.Tensor):
         """Feed each row its next token (one per row); `logits` become the scores of the token after it."""
+        if self.processed:
+            self.history = [torch.cat([h, t[None]]) for h, t in zip(self.history, token)]
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], 1)
         self.last = self.last + 1
         out = self.model(input_ids=token[:, None], attention_mask=self.mask, position_ids=self.last[:, None],
@@ -265,12 +310,12 @@ def decode(model, enc: dict, max_new_tokens: int, pick, eos) -> list[list[int]]:
     out = [[] for _ in range(len(enc["input_ids"]))]
     if max_new_tokens < 1:
         return out
-    rows = Rows(model)
+    rows = Rows(model, eos)
     rows.join(enc)
-    eos = torch.tensor(sorted(eos), dtype=torch.long, device=rows.mask.device)
+    eos = rows.eos.to(rows.mask.device)
     live = torch.arange(len(out), device=rows.mask.device)  # the batch row of each row still decoding
     for step in range(max_new_tokens):
-        token = pick(rows.logits.float())
+        token = pick(rows.scores())
         for row, t in zip(live.tolist(), token.tolist()):
             out[row].append(t)
         going = ~torch.isin(token, eos)

@@ -7,8 +7,8 @@ the guard stopped it). So a new request waits one step, not until the batch's lo
 finished or abandoned one stops costing anything. Each row samples by its own request's settings; one with a
 `seed` draws from a generator of its own, so its answer does not depend on the requests beside it.
 
-A model that `Rows` cannot run (`hf.decodes_alone`: a generation config with logits processors, a recurrent
-cache) streams through transformers' `generate`, one batch of the requests waiting when it starts.
+A model that `Rows` cannot run (`hf.decodes_alone`: a generation config asking for more than `Rows` applies, a
+recurrent cache) streams through transformers' `generate`, one batch of the requests waiting when it starts.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class HFEngine:
         # A run whose cast stage ran is served steered: each row by the supervisor's reading of its request, so
         # rows cannot share an opening run once, and each forward pass is told the flags of the rows it runs.
         steer = getattr(b, "steer_rows", None)
-        rows, live, flags = Rows(b.model), [], []
+        rows, live, flags = Rows(b.model, self.eos), [], []
 
         def admit(new):
             joining = [_Row(j, b.tok, self.eos, b.max_context, device=b.device) for j in new]
@@ -111,7 +111,7 @@ class HFEngine:
         with steer(lambda: flags) if steer else contextlib.nullcontext():
             admit(jobs)
             while live:
-                token = pick(rows.logits, live)
+                token = pick(rows.scores(), live)
                 for r, t in zip(live, token.tolist()):
                     r.take(t)
                 going = torch.tensor([not r.finished for r in live], device=token.device)
