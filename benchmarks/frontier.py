@@ -2,6 +2,7 @@
 
     python benchmarks/frontier.py                       # every method, from one SFT model
     python benchmarks/frontier.py --methods rl --quick  # one method, small evaluation
+    python benchmarks/frontier.py --methods cast --out benchmarks/frontier_cast.json  # one method, its own file
 
 Every method starts from the same SFT model (one run of configs/default.yaml through `sft`, kept in
 runs/frontier/sft), so everything upstream is identical and the points differ only by the method:
@@ -163,8 +164,10 @@ def main():
         out = base / method if a.points_only else method_run(base, sft, method, extra)
         points[method] = point(out, ROLE[method])
         print(json.dumps({method: points[method]}))
-    result = {"command": f"python benchmarks/frontier.py --methods {a.methods}" + (" --quick" if a.quick else ""),
-              "model": "SmolLM2-135M-Instruct (embedded)", "seconds": None if a.points_only else round(time.time() - t0),
+    precision = json.loads((sft / "manifest.json").read_text()).get("precision")
+    result = {"command": " ".join(["python benchmarks/frontier.py", *sys.argv[1:]]),
+              "model": "SmolLM2-135M-Instruct (embedded)", "precision": precision,
+              "seconds": None if a.points_only else round(time.time() - t0),
               "points_only": a.points_only,
               "targets": {"dev": f"harmful refused >= {TARGET[0]:.0%} and benign refused <= {TARGET[1]:.0%}",
                           "xstest": f"unsafe full refusal >= {TARGET[0]:.0%}, safe full refusal <= {TARGET[1]:.0%}"},
