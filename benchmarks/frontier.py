@@ -1,7 +1,7 @@
 """Where each alignment method lands on the plane of harmful requests refused against harmless ones refused.
 
     python benchmarks/frontier.py                       # every method, from one SFT model
-    python benchmarks/frontier.py --methods rl --quick  # one method, small evaluation
+    python benchmarks/frontier.py --methods rl --quick --out /tmp/rl.json  # one method, small evaluation
     python benchmarks/frontier.py --methods cast --out benchmarks/frontier_cast.json  # one method, its own file
 
 Every method starts from the same SFT model (one run of configs/default.yaml through `sft`, kept in
@@ -156,6 +156,12 @@ def main():
     ap.add_argument("--points-only", action="store_true",
                     help="train and evaluate nothing: read the finished runs under --runs and write the figures")
     a = ap.parse_args()
+    # Checked before anything trains: a run of fewer methods would otherwise replace the recorded points of
+    # the others with nothing, after an hour's work.
+    old = json.loads(Path(a.out).read_text()).get("points", {}) if Path(a.out).exists() else {}
+    lost = sorted(set(old) - {"base", "sft", *a.methods.split(",")})
+    if lost:
+        sys.exit(f"{a.out} holds points for {', '.join(lost)}, which this run does not measure: name another --out")
     base, extra = Path(a.runs), evaluation(a.quick)
     t0 = time.time()
     sft = base / "sft" if a.points_only else sft_run(base, extra)
