@@ -474,6 +474,13 @@ def test_rows_that_join_a_running_batch_decode_as_they_would_alone(tiny_model):
     assert widths[:3] == [3, 2, 2] and max(widths) == 5 and trimmed == 2, (widths, trimmed)
 
 
+def generate_alone(b, p, n=12):
+    """transformers' `generate` on one prompt, greedy, as the batch's row would be decoded alone."""
+    enc = b._encode([b.render(p)], n, share=False)
+    out = b.model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=b.tok.pad_token_id)
+    return b.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
 def test_generation_config_processors_apply_to_each_row_as_generate_applies_them_alone(tiny_model):
     """A generation config's logits processors that `hf.Rows` applies itself (a repetition penalty, suppressed
     tokens, a minimum length) keep the model on charter's decode loop, and each row of a padded batch gets
@@ -496,12 +503,7 @@ def test_generation_config_processors_apply_to_each_row_as_generate_applies_them
     assert penalised.decodes_alone
     got = penalised.generate(prompts, greedy)
 
-    def alone(p):
-        enc = b._encode([b.render(p)], 12, share=False)
-        out = b.model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=b.tok.pad_token_id)
-        return b.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-
-    assert got == [alone(p) for p in prompts] and got != plain, (got, plain)
+    assert got == [generate_alone(b, p) for p in prompts] and got != plain, (got, plain)
     assert all(b.tok(t.split()[0], add_special_tokens=False).input_ids[0] not in banned for t in got), got
     # The processors read each row's own history: its prompt without padding, then its tokens.
     enc = b._encode([b.render(p) for p in prompts], 12, share=False)
@@ -512,6 +514,27 @@ def test_generation_config_processors_apply_to_each_row_as_generate_applies_them
     for h, ids, m, t in zip(rows.history, enc["input_ids"], enc["attention_mask"], token):
         assert h.tolist() == ids[m.bool()].tolist() + [int(t)]
     assert len({len(h) for h in rows.history}) == 3  # the prompts differ in length, so padding would show
+
+
+@pytest.mark.parametrize("field", ["bad_words_ids", "sequence_bias", "no_repeat_ngram_size", "begin_suppress_tokens"])
+def test_each_other_row_processor_matches_generate_alone(tiny_model, field):
+    """The rest of `hf.ROW_PROCESSORS`, one at a time, each set to change the plain answers."""
+    from charter.backends import GenParams, get_backend, hf
+
+    b = get_backend(str(tiny_model), device="cpu", precision="float32", progress=False)
+    prompts = [[{"role": "user", "content": q}] for q in
+               ("how do i bake bread at home", "why", "what is the best way to make a cake")]
+    greedy = GenParams(max_new_tokens=12, temperature=0.0, batch_size=8)
+    plain = b.generate(prompts, greedy)
+    firsts = [b.tok(t.split()[0], add_special_tokens=False).input_ids[0] for t in plain]
+    setattr(b.model.generation_config, field, {"bad_words_ids": [[t] for t in firsts], "no_repeat_ngram_size": 1,
+                                               "sequence_bias": {(t,): -100.0 for t in firsts},
+                                               "begin_suppress_tokens": firsts}[field])
+    processed = hf.HFBackend(str(tiny_model), model=b.model, tokenizer=b.tok, progress=False)
+    assert processed.decodes_alone
+    got = processed.generate(prompts, greedy)
+
+    assert got == [generate_alone(b, p) for p in prompts] and got != plain, (got, plain)
 
 
 def test_models_that_decode_cannot_run_alone_decode_through_generate(tiny_model):
