@@ -514,6 +514,13 @@ def test_generation_config_processors_apply_to_each_row_as_generate_applies_them
     for h, ids, m, t in zip(rows.history, enc["input_ids"], enc["attention_mask"], token):
         assert h.tolist() == ids[m.bool()].tolist() + [int(t)]
     assert len({len(h) for h in rows.history}) == 3  # the prompts differ in length, so padding would show
+    rows.joinable = False  # as for a cache that cannot take rows: refused before the prefill, nothing changed
+    calls = []
+    hook = b.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError):
+        rows.join(enc)
+    hook.remove()
+    assert not calls and len(rows) == len(rows.history) == len(rows.processors) == 3
 
 
 @pytest.mark.parametrize("field", ["bad_words_ids", "sequence_bias", "no_repeat_ngram_size", "begin_suppress_tokens"])

@@ -229,6 +229,8 @@ class Rows:
         """Prefill `enc` (as `HFBackend._encode` lays a batch out); its rows follow the rows already here."""
         from transformers import DynamicCache
 
+        if len(self) and not self.joinable:  # before the prefill, which would be wasted
+            raise ValueError("this model's cache cannot take rows into a running batch")
         ids, mask = enc["input_ids"], enc["attention_mask"]
         cache = enc[self.kw] if self.kw in enc else DynamicCache(config=self.model.config)
         k = cache.get_seq_length()  # the shared opening, already run
@@ -236,27 +238,25 @@ class Rows:
         out = self.model(input_ids=ids[:, k:], attention_mask=mask, position_ids=pos[:, k:], use_cache=True,
                          **self.only_last, **{self.kw: cache})
         logits, last, cache = out.logits[:, -1].clone(), pos[:, -1], output_cache(out)  # cloned: the rest is freed
-        if self.processed:
+        if not len(self):
+            self.cache, self.mask, self.last, self.logits = cache, mask, last, logits
+        else:
+            # Both batches are left-padded to one width; the padding is masked out.
+            width = max(mask.shape[1], self.mask.shape[1])
+            pad = torch.nn.functional.pad
+            # States are (rows, heads, positions, head size): padded along positions, joined along rows.
+            merged = [[torch.cat([pad(a, (0, 0, width - a.shape[-2], 0)), pad(b, (0, 0, width - b.shape[-2], 0))])
+                       for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values))]
+                      for mine, theirs in zip(self.cache.layers, cache.layers)]
+            for layer, (keys, values) in zip(self.cache.layers, merged):  # only once every layer has merged
+                layer.keys, layer.values = keys, values
+            self.mask = torch.cat([pad(m, (width - m.shape[-1], 0)) for m in (self.mask, mask)])
+            self.last, self.logits = torch.cat([self.last, last]), torch.cat([self.logits, logits])
+        if self.processed:  # only once the rows have joined, so histories stay one per row
             eos = self.eos.to(ids.device)
             self.history += [row[m.bool()] for row, m in zip(ids, mask)]
             self.processors += [_lp().LogitsProcessorList(f(self.config, int(m.sum()), eos) for f in self.processed)
                                 for m in mask]
-        if not len(self):
-            self.cache, self.mask, self.last, self.logits = cache, mask, last, logits
-            return
-        if not self.joinable:
-            raise ValueError("this model's cache cannot take rows into a running batch")
-        # Both batches are left-padded to one width; the padding is masked out.
-        width = max(mask.shape[1], self.mask.shape[1])
-        pad = torch.nn.functional.pad
-        # States are (rows, heads, positions, head size): padded along positions, joined along rows.
-        merged = [[torch.cat([pad(a, (0, 0, width - a.shape[-2], 0)), pad(b, (0, 0, width - b.shape[-2], 0))])
-                   for a, b in ((mine.keys, theirs.keys), (mine.values, theirs.values))]
-                  for mine, theirs in zip(self.cache.layers, cache.layers)]
-        for layer, (keys, values) in zip(self.cache.layers, merged):  # only once every layer has merged
-            layer.keys, layer.values = keys, values
-        self.mask = torch.cat([pad(m, (width - m.shape[-1], 0)) for m in (self.mask, mask)])
-        self.last, self.logits = torch.cat([self.last, last]), torch.cat([self.logits, logits])
 
     def keep(self, going: torch.Tensor):
         """Keep the rows where `going` (one bool per row) holds, in order; the others leave with their states."""
