@@ -272,8 +272,8 @@ def test_a_request_joins_the_batch_that_is_running(tiny_model):
     """The transformers engine batches continuously: a request that arrives while another decodes is taken
     into its batch at the next step (it ends first, in the same batch), and every answer is the one it gets
     alone, a seeded sampled one included. A request asking for more than the context holds gets half of it; one
-    that cannot be prefilled fails alone. A generation config's suppressed tokens are applied row by row; a model `Rows` cannot run streams
-    through `generate`, as before."""
+    that cannot be prefilled fails alone. A generation config's suppressed tokens are applied row by row; a
+    model `Rows` cannot run streams through `generate`, as before."""
     import asyncio
     import copy
 
