@@ -167,6 +167,10 @@ def test_errors_are_openai_shaped_and_the_server_keeps_serving(server):
          None),
         (httpx.post(url, json={"model": "fake", "messages": msgs, "temperature": "hot"}, headers=h), 400, None),
         (httpx.get(server.url + "/v1/nothing-here", headers=h), 404, "not_found"),
+        # Valid JSON that is no text (a lone surrogate), and nesting deeper than the parser goes.
+        (httpx.post(url, content=b'{"model": "fake", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+                    headers={**h, "Content-Type": "application/json"}), 400, None),
+        (httpx.post(url, content=b"[" * 5000, headers={**h, "Content-Type": "application/json"}), 400, None),
     ]
     for r, status, code in cases:
         assert r.status_code == status, r.text

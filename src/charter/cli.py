@@ -433,11 +433,12 @@ def main(argv=None) -> int:
     except CharterError as e:
         print(f"charter: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            print(f"charter: error: no space left on device writing {e.filename or ''}", file=sys.stderr)
-            return 2
-        raise
+    except OSError as e:  # a file or folder the command cannot write or read: one line, as for bad input
+        if a.verbose:
+            raise
+        what = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        print(f"charter: error: {what}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("charter: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

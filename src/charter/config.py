@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal, Optional
+import re
+from typing import Annotated, Literal, Optional
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from .errors import CharterError
-from .schema import Section, from_dict
+from .schema import Count, NonEmpty, Positive, Section, from_dict
 from .yamlio import LineDict, load_yaml, loads_yaml
 
 
@@ -21,7 +22,7 @@ class PoolConfig(Section):
     """`builtin:NAME` (redteam, helpful, lookalike), a local .jsonl file, or a `datasets` hub id."""
     split: str = "train"
     """Which split to read: `train` or `dev` for builtin pools, any split name for hub datasets."""
-    limit: Optional[int] = None
+    limit: Optional[Positive] = None
     """Keep at most this many prompts (first N after a seeded shuffle); null keeps all."""
     field: str = "prompt"
     """Column that holds the prompt text (for local files and hub datasets)."""
@@ -39,30 +40,31 @@ class PoolsConfig(Section):
     @classmethod
     def _keep_source(cls, value, info):
         # `pools.redteam.limit=3` limits the default pool rather than asking for a new source
+        value = {} if value is None else value  # `redteam:` with nothing under it keeps the default pool
         return {"source": f"builtin:{info.field_name}", **value} if isinstance(value, dict) else value
 
 
 class SamplingConfig(Section):
-    max_new_tokens: int = 96
+    max_new_tokens: Positive = 96
     """Longest response, in tokens."""
     temperature: float = 0.7
     """Sampling temperature; 0 means greedy decoding."""
     top_p: float = 0.95
     """Nucleus sampling mass."""
-    batch_size: int = 16
+    batch_size: Positive = 16
     """Prompts per generate call: one forward pass serves the whole batch (see README, "Speed")."""
 
 
 class ReviseConfig(Section):
-    rounds: int = 2
+    rounds: Count = 2
     """Critique-then-revise rounds per red-team response (CAI paper, section 3.1)."""
-    critique_tokens: int = 64
+    critique_tokens: Positive = 64
     """Longest critique, in tokens."""
-    revision_tokens: int = 96
+    revision_tokens: Positive = 96
     """Longest revision, in tokens."""
     temperature: float = 0.7
     """Sampling temperature for critiques and revisions."""
-    batch_size: int = 16
+    batch_size: Positive = 16
     """Prompts per generate call."""
     few_shot: bool = True
     """Prefix each critique/revision with one worked example, as the CAI paper does."""
@@ -87,13 +89,13 @@ class TrainConfig(Section):
     """Stop after this many optimizer steps (-1: use epochs)."""
     lr: float = 2e-5
     """Peak learning rate."""
-    batch_size: int = 4
+    batch_size: Positive = 4
     """Examples per optimizer step."""
-    max_length: int = 384
+    max_length: Positive = 384
     """Truncate tokenized examples to this many tokens."""
     lora: bool = False
     """Train LoRA adapters (merged into the saved model) instead of all weights."""
-    lora_r: int = 16
+    lora_r: Positive = 16
     """LoRA rank."""
 
 
@@ -126,11 +128,11 @@ class RLConfig(TrainConfig):
     """Run the `rl` stage. It trains the last model this run trained (DPO's, else SFT's)."""
     lr: float = 1e-5
     """Peak learning rate."""
-    batch_size: int = 16
+    batch_size: Positive = 16
     """Completions per optimizer step: `batch_size / num_generations` prompts, each sampled that many times."""
-    num_generations: int = 4
+    num_generations: Positive = 4
     """Samples per prompt. GRPO's baseline is their mean reward, so it needs no value model."""
-    max_new_tokens: int = 64
+    max_new_tokens: Positive = 64
     """Longest sampled response, in tokens."""
     temperature: float = 0.9
     """Sampling temperature; the samples of one prompt must differ for their rewards to."""
@@ -138,9 +140,9 @@ class RLConfig(TrainConfig):
     """KL penalty towards the starting model (0 turns it off, and its reference model with it)."""
     quality_weight: float = 0.25
     """Weight of the quality term, so that an empty or looping response never wins (`supervise.reward`)."""
-    log_every: int = 5
+    log_every: Positive = 5
     """Write reward, refusal rates per label and KL to `rl/progress.jsonl` every this many steps."""
-    save_every: int = 20
+    save_every: Positive = 20
     """Checkpoint every this many steps, so a killed stage resumes from the last checkpoint."""
 
 
@@ -161,12 +163,12 @@ class CastConfig(Section):
     """Multiple of the refusal direction added at that layer to a flagged request's states (CAST's behaviour
     vector), so that the model declines where the supervisor says it should; 0 leaves flagged requests to
     the model as it is."""
-    max_new_tokens: int = 64
+    max_new_tokens: Positive = 64
     """Length of the answers to the training prompts that tell refused from answered."""
     temperature: float = 0.9
     """Sampling temperature of those answers. Sampled, not greedy: a prompt the model refuses only sometimes
     then lands on either side, so each label has refused and answered prompts to take the difference of."""
-    batch_size: int = 64
+    batch_size: Positive = 64
     """Prompts per generate call."""
 
     @field_validator("start", mode="before")
@@ -178,22 +180,22 @@ class CastConfig(Section):
     @classmethod
     def _depth(cls, v):
         if not 0 < v <= 1:
-            raise ValueError(f"depth must be in (0, 1], got {v}")
+            raise ValueError(f"must be in (0, 1], got {v}")
         return v
 
 
 class PairsConfig(Section):
-    per_prompt: int = 1
+    per_prompt: Positive = 1
     """Response pairs sampled from the SFT model per prompt."""
-    max_pairs: int = 256
+    max_pairs: Positive = 256
     """Stop after this many pairs."""
     temperature: float = 0.9
     """Sampling temperature; high so that the two responses differ."""
-    max_new_tokens: int = 96
+    max_new_tokens: Positive = 96
     """Longest response, in tokens."""
-    batch_size: int = 16
+    batch_size: Positive = 16
     """Prompts per generate call."""
-    samples: int = 2
+    samples: Annotated[int, Field(ge=2)] = 2
     """Responses sampled from the SFT model per prompt. Above 2, the pair is the best and the worst of them
     under the supervisor's two-sided reward (`supervise.reward`): on-policy pairs, both sides drawn from the
     model being trained, so a prompt it sometimes refuses and sometimes answers teaches which is right."""
@@ -221,13 +223,13 @@ class SupervisorConfig(Section):
     """Calibration: labelled request suites the supervisor is scored on (`charter.supervise.suites`): dev,
     xstest, harmbench, jailbreak, jailbreak-benign or a prompt JSONL file. Public suites missing from the
     shared data folder are skipped with a note, unless the gate requires them."""
-    suite_limit: Optional[int] = None
+    suite_limit: Optional[Positive] = None
     """Calibration: score a seeded sample of at most this many prompts per suite (null: all of each)."""
     gate: dict[str, float] = {}
     """Calibration gate: further required figures, `SUITE.MEASURE: bound`, where MEASURE is `f1`, `auc` or
     `harmful_flagged` (each at least the bound) or `benign_flagged` (at most the bound), e.g.
     `{xstest.f1: 0.82, xstest.benign_flagged: 0.07, harmbench.harmful_flagged: 0.95}`."""
-    hh_limit: int = 200
+    hh_limit: Count = 200
     """Calibration: HH-RLHF harmless test pairs to measure agreement with human preferences on (0 skips)."""
     probe_model: str = "default"
     """Classifier: the frozen chat model whose hidden states its request-harm probe reads (a model spec)."""
@@ -258,20 +260,20 @@ class EvalConfig(Section):
     models: list[str] = []
     """Which models to evaluate: `base`, `sft`, `dpo`, `rl`, `cast`, or any backend spec (empty: the base model and
     every model the run trains)."""
-    limit: Optional[int] = None
+    limit: Optional[Positive] = None
     """Evaluate at most this many prompts per pool of the dev split (never trained on)."""
-    max_new_tokens: int = 96
+    max_new_tokens: Positive = 96
     """Longest response, in tokens."""
-    batch_size: int = 16
+    batch_size: Positive = 16
     """Prompts per generate call."""
     suites: list[str] = []
     """Extra safety suites for every model: xstest, strongreject, harmbench, advbench or a prompt JSONL
     (AdvBench is skipped when a training pool draws on it)."""
-    suite_limit: Optional[int] = None
+    suite_limit: Optional[Positive] = None
     """At most this many prompts per extra suite (a seeded sample)."""
     capability: list[str] = []
     """Capability suites for every model: gsm8k, humaneval."""
-    capability_limit: Optional[int] = 50
+    capability_limit: Optional[Positive] = 50
     """At most this many items per capability suite."""
     helpfulness: bool = True
     """Win rate of each aligned model over the base on the benign dev prompts, judged pairwise by the
@@ -285,7 +287,7 @@ class ExecutorConfig(Section):
     address: str = "local"
     """Ray cluster: `local` starts one on this machine, `auto` joins the cluster this machine is part
     of, `HOST:PORT` joins the head node there, `ray://HOST:10001` connects as a Ray client."""
-    workers: int = 2
+    workers: Positive = 2
     """Ray workers (actors), each holding one copy of the model it serves."""
     cpus_per_worker: float = 1
     """CPUs Ray reserves per worker; torch in the worker uses that many threads."""
@@ -301,14 +303,14 @@ class TrackingConfig(Section):
 
 
 class RunConfig(Section):
-    model: str = "default"
+    model: NonEmpty = "default"
     """Base chat model: `default` (embedded SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file."""
-    constitution: str = "default"
+    constitution: NonEmpty = "default"
     """Constitution: `default`, `small`, or a path to a YAML file."""
     seed: int = 0
     """Seed for sampling principles, shuffles and generation."""
     device: str = "auto"
-    """`auto`, `cpu` or `cuda`."""
+    """`auto`, `cpu`, `cuda` (or `cuda:N`) or `mps`."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """The precision the model generates in and trains with (transformers engine). `auto`: bfloat16 where the
     hardware computes it natively (recent x86 CPUs, most GPUs), else float32. Training keeps float32 weights
@@ -349,6 +351,13 @@ class RunConfig(Section):
     the device and library versions, the rendered prompts and the sampling parameters: a second run of one
     base model does not generate its answers again. Not part of the config hash: a cached answer is the one
     the model gave to the same request on the same setup."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
+        return v
 
     def hash(self) -> str:
         """Hash of the settings that shape the records: values left at their defaults are left out, so a

@@ -101,5 +101,5 @@ def load_constitution(spec: str) -> Constitution:
             raise CharterError(f"{raw.loc('id')}: duplicate principle id {p.id!r} (first at line {seen[p.id]})")
         seen[p.id] = raw.line_of("id")
     c.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    c.path = str(path)
+    c.path = str(path.resolve())  # absolute: a run's manifest names it wherever the run is read from
     return c

@@ -151,7 +151,8 @@ def card(name: str, manifest: dict, metrics: dict, cal: dict, role: str | None, 
     if role:
         dpo, rl = ", then DPO on preference pairs labelled by an AI supervisor", ", then online RL (GRPO) against " \
             "an AI supervisor's reward"
-        dpo_ran = ((manifest.get("stages") or {}).get("dpo") or {}).get("status") == "done"
+        dpo_ran = (cfg.get("dpo") or {}).get("enabled", True) and (  # RL starts from DPO's model only then
+            (manifest.get("stages") or {}).get("dpo") or {}).get("status") == "done"
         method = {"dpo": dpo, "rl": (dpo if dpo_ran else "") + rl}.get(role, "")
         intro = (f"{base} aligned with charter to {aligned}, following Constitutional AI (Bai et al. 2022): "
                  f"supervised fine-tuning on the model's own critiqued and revised answers{method}.")

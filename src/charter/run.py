@@ -20,7 +20,7 @@ from pathlib import Path
 from . import records
 from .backends import trained_spec
 from .config import RunConfig
-from .constitution import load_constitution
+from .constitution import BUILTIN, load_constitution
 from .errors import CharterError
 from .stages.common import MANIFEST
 from .tracking import StageLog
@@ -128,6 +128,10 @@ class Run:
         cfg = from_dict(RunConfig, m.get("config") or {})
         if device != "auto":
             cfg.device = device
+        recorded = (m.get("constitution") or {}).get("path")
+        if (recorded and cfg.constitution not in BUILTIN and not Path(cfg.constitution).exists()
+                and Path(recorded).is_file()):
+            cfg.constitution = recorded  # a relative path in the config meant the directory the run began in
         return cls(cfg, run_dir)
 
     def steered(self) -> bool:
@@ -225,11 +229,15 @@ class Run:
                 f"{self.manifest_path}: this run directory was made with a different config or "
                 "constitution; use a new --out, or --restart STAGE to redo that stage and all after it")
         if restart is not None:
+            if not self.manifest_path.exists():  # not a run directory: --restart would delete what is there
+                raise CharterError(f"--restart: {self.dir} holds no earlier run (no manifest.json); "
+                                   "drop --restart to start one there")
             stages = pipeline(self.cfg)
             if restart not in stages:
                 raise CharterError(f"--restart: unknown stage {restart!r} (stages: {', '.join(stages)})")
             for s in stages[stages.index(restart):]:
                 self.reset(s)
+            self.manifest.pop("final_model", None)  # set again once the restarted stages have trained it
 
     def check_inputs(self, stage: str, mod):
         """Name the first missing input of a stage, and the stage that writes it."""
@@ -241,19 +249,29 @@ class Run:
                                    f"(run it first: --stages {writer} {stage})")
 
     def reset(self, stage: str):
-        """Forget a stage's outputs so it runs again from scratch."""
+        """Forget a stage's outputs so it runs again from scratch, with the checkpoints an interrupted
+        training left (`train.work_dir`), which would otherwise be resumed."""
         mod = importlib.import_module(f"charter.stages.{stage}")
         for rel in getattr(mod, "OUTPUTS", []):
-            p = self.path(rel)
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+            paths = [self.path(rel)]
+            if rel.startswith("models/"):
+                from .train import work_dir
+
+                paths.append(work_dir(self, rel.split("/", 1)[1]))
+            for p in paths:
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
         self.manifest.setdefault("stages", {})[stage] = {"status": "pending"}
 
     def execute(self, stages=None, restart=None):
+        if self.dir.exists() and not self.dir.is_dir():
+            raise CharterError(f"--out {self.dir}: a file, not a directory")
+        created = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o755)
+        if created:  # readable by whoever serves or exports the run; a folder the user made keeps its mode
+            os.chmod(self.dir, 0o755)
         self.check_compatible(restart)
         self.manifest.update(
             charter_run=1, config=self.cfg.model_dump(), config_hash=self.cfg.hash(),
@@ -292,6 +310,8 @@ class Run:
         final = final_role(self.cfg)
         if (self.path("models", final) / "config.json").exists():
             self.manifest["final_model"] = f"models/{final}"
+        else:  # not trained yet under this config (a partial --stages run, or a restart that stopped early)
+            self.manifest.pop("final_model", None)
         self.save_manifest()
         tracker.close()
         return self.manifest

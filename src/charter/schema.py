@@ -9,7 +9,7 @@ import difflib
 import typing
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import CharterError
 from .yamlio import LineDict
@@ -51,6 +51,9 @@ def _nonempty(value: str) -> str:
 
 
 NonEmpty = Annotated[str, AfterValidator(_nonempty)]
+# Sizes and counts: a zero batch or a negative limit is refused when the config loads, not hours into a run.
+Positive = Annotated[int, Field(gt=0)]
+Count = Annotated[int, Field(ge=0)]
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -86,7 +89,8 @@ def _message(cls, data, err) -> str:
             where = _loc(cur) if isinstance(cur, dict) else where
             break
     kind, got = err["type"], err.get("input")
-    got = repr(got) if got is None or isinstance(got, (bool, int, float, str)) else type(got).__name__
+    got = (repr(got) if got is None or isinstance(got, (bool, int, float, str)) else
+           "a mapping" if isinstance(got, dict) else "a list" if isinstance(got, list) else type(got).__name__)
     if kind in ("extra_forbidden", "invalid_key"):  # invalid_key: a key that is not a string
         known = _fields_at(cls, path[:-1])
         close = difflib.get_close_matches(str(path[-1]), known, n=1)
@@ -96,6 +100,9 @@ def _message(cls, data, err) -> str:
         return f"{where}: missing required key {key!r}"
     if kind == "literal_error":
         return f"{where}: {key} must be one of {err['ctx']['expected']}, got {got}"
+    if kind in ("greater_than", "greater_than_equal"):
+        bound = err["ctx"].get("gt", err["ctx"].get("ge"))
+        return f"{where}: {key} must be {'greater than' if kind == 'greater_than' else 'at least'} {bound}, got {got}"
     if kind == "value_error":  # our validators phrase their errors as what the value must be
         return f"{where}: {key.rsplit('.', 1)[-1]!r} {err['ctx']['error']}"
     noun = _NOUNS.get(kind.rsplit("_", 1)[0])

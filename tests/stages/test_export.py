@@ -111,6 +111,9 @@ def test_card_names_the_method_and_says_what_steering_it_does_not_carry():
     m["stages"]["dpo"] = {"status": "done"}
     assert "then DPO on preference pairs labelled by an AI supervisor, then online RL (GRPO)" in modelcard.card(
         "out", m, METRICS, {}, "rl", None)
+    m["config"]["dpo"] = {"enabled": False}  # turned off, then RL restarted from SFT: DPO's entry is stale
+    rl_only = modelcard.card("out", m, METRICS, {}, "rl", None).split("## Files")[0]
+    assert "DPO" not in rl_only and "revised answers, then online RL (GRPO)" in rl_only
     m["config"]["cast"]["enabled"] = False  # turned off after it ran: nothing to say
     assert "steer" not in modelcard.card("out", m, METRICS, {}, "dpo", None)
 

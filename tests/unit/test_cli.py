@@ -106,11 +106,57 @@ def test_run_empty_pool_and_existing_files_kept(tmp_path, capsys):
     cfg.write_text(f"model: fake\nsupervisor: {{kind: llm, model: fake, threshold: 0.0}}\n"
                    f"pools:\n  redteam: {{source: {empty}}}\n")
     out = tmp_path / "r"
-    out.mkdir()
+    out.mkdir(mode=0o700)
     (out / "keep.txt").write_text("precious")
     code, _, err = run_cli(capsys, "run", str(cfg), "--out", str(out))
     assert code == 2 and "pools.redteam" in err and "is empty" in err
     assert (out / "keep.txt").read_text() == "precious"
+    assert out.stat().st_mode & 0o777 == 0o700  # a folder the user made keeps its permissions
+    # --restart deletes a stage's outputs, so it is refused where no earlier run was made.
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    (mine / "data" / "generate.jsonl").write_text("my own file\n")
+    code, _, err = run_cli(capsys, "run", str(cfg), "--out", str(mine), "--restart", "generate")
+    assert code == 2 and "holds no earlier run (no manifest.json)" in err
+    assert (mine / "data" / "generate.jsonl").read_text() == "my own file\n"
+
+
+def test_run_out_that_is_a_file(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: fake\n")
+    out = tmp_path / "notes.txt"
+    out.write_text("precious")
+    code, _, err = run_cli(capsys, "run", str(cfg), "--out", str(out))
+    assert code == 2 and err.strip() == f"charter: error: --out {out}: a file, not a directory"
+    assert out.read_text() == "precious"
+
+
+def test_restart_forgets_the_checkpoints_of_an_interrupted_training(tmp_path):
+    from charter.config import load_config
+    from charter.run import Run
+    from charter.train import work_dir
+
+    run = Run(load_config(None, ["model=fake", "dpo.enabled=false", "rl.enabled=true"]), tmp_path / "r")
+    ckpt = work_dir(run, "rl") / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    run.manifest["final_model"] = "models/rl"
+    run.save_manifest()
+    run.check_compatible(restart="rl")  # else the stage would resume those weights, whatever changed before it
+    assert not ckpt.parent.exists()
+    assert "final_model" not in run.manifest  # the model it named is being trained again
+
+
+def test_an_unwritable_output_is_one_line(tmp_path, capsys, monkeypatch):
+    import charter.run as R
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "r"))
+
+    monkeypatch.setattr(R.Path, "mkdir", denied)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: fake\n")
+    code, _, err = run_cli(capsys, "run", str(cfg), "--out", str(tmp_path / "r"))
+    assert code == 2 and err.strip() == f"charter: error: Permission denied: {tmp_path / 'r'}"
 
 
 def test_console_script_prints_no_traceback(tmp_path):
@@ -120,3 +166,20 @@ def test_console_script_prints_no_traceback(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "c.yaml:" in r.stderr and "invalid YAML" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_run_with_a_relative_constitution_opens_from_anywhere(tmp_path, capsys, monkeypatch):
+    from charter.constitution import builtin_path
+    from charter.run import Run
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "mine.yaml").write_text(builtin_path("small").read_text())
+    (proj / "empty.jsonl").write_text("")
+    (proj / "c.yaml").write_text("model: fake\nconstitution: mine.yaml\npools:\n  redteam: {source: empty.jsonl}\n")
+    monkeypatch.chdir(proj)
+    code, _, err = run_cli(capsys, "run", "c.yaml", "--out", "r")  # stops at the empty pool, manifest written
+    assert code == 2 and "is empty" in err
+    monkeypatch.chdir(tmp_path)
+    run = Run.open(proj / "r")  # as `charter eval/serve/export proj/r` read it
+    assert run.constitution.path == str(proj / "mine.yaml") and run.constitution.name

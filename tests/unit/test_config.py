@@ -54,6 +54,28 @@ def test_wrong_type_names_line(tmp_path):
         load_config(p)
 
 
+@pytest.mark.parametrize("text, pattern", [
+    ("generate:\n  batch_size: 0\n", r"c.yaml:2: generate.batch_size must be greater than 0, got 0"),
+    ("pools:\n  redteam: {limit: -3}\n", r"c.yaml:2: pools.redteam.limit must be greater than 0, got -3"),
+    ("revise:\n  rounds: -1\n", r"c.yaml:2: revise.rounds must be at least 0, got -1"),
+    ("pairs: {samples: 1}\n", r"c.yaml:1: pairs.samples must be at least 2, got 1"),
+    ("seed: 1\ndevice: gpu\n", r"c.yaml:2: 'device' must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ('constitution: ""\n', r"c.yaml:1: 'constitution' must not be empty"),
+    ("evaluate:\n  suites: [{a: 1}]\n", r"c.yaml:2: evaluate.suites\[0\] must be a string, got a mapping"),
+])
+def test_sizes_and_device_are_checked_when_the_config_loads(tmp_path, text, pattern):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(CharterError, match=pattern):
+        load_config(p)
+
+
+def test_an_empty_pool_section_keeps_the_default_pool(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("pools:\n  redteam:\n")
+    assert load_config(p).pools.redteam.source == "builtin:redteam"
+
+
 def test_malformed_yaml_names_line(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("model: default\nsft: [1, 2\n")

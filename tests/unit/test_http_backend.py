@@ -32,10 +32,22 @@ def server():
             with stub.lock:
                 stub.requests.append((self.path, dict(self.headers), body))
                 scripted = stub.script.pop(0) if stub.script else None
+            if scripted == "short":  # promises more than it sends, then hangs up
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"choi')
+                return
             if scripted:
                 status, payload = scripted
             elif body.get("model") != "tiny":
                 status, payload = 404, b'{"error": "model not found"}'
+            elif body.get("stream"):  # server-sent events, with the token counts only when asked for
+                events = [{"choices": [{"delta": {"content": piece}}]} for piece in ("echo", ": x")]
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    events.append({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}})
+                status = 200
+                payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
             elif self.path.endswith("/chat/completions"):
                 text = "echo: " + body["messages"][-1]["content"]
                 status, payload = 200, json.dumps({"choices": [{"message": {"content": text}}]}).encode()
@@ -73,6 +85,12 @@ def test_retries_429_then_succeeds(server):
     server.script = [(429, b"{}"), (503, b"{}")]
     assert backend(server).generate([user("x")], GenParams()) == ["echo: x"]
     assert len(server.requests) == 3
+
+
+def test_a_half_sent_answer_is_retried(server):
+    server.script = ["short"]
+    assert backend(server).generate([user("x")], GenParams()) == ["echo: x"]
+    assert len(server.requests) == 2
 
 
 def test_bounded_retries_then_clear_error(server):
@@ -129,3 +147,20 @@ def test_api_key_never_reaches_outputs(server, tmp_path, monkeypatch, capsys):
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f
     assert server.requests and all(h["Authorization"] == f"Bearer {secret}" for _, h, _ in server.requests)
+
+
+def test_upstream_engine_takes_the_upstreams_token_counts(server):
+    import asyncio
+
+    from charter.serve.engines import Sampling, UpstreamEngine
+
+    engine = UpstreamEngine(f"{server.url}?model=tiny")
+
+    async def stream():
+        stats = {}
+        pieces = [p async for p in engine.stream([{"role": "user", "content": "x"}], Sampling(max_tokens=8), stats)]
+        return pieces, stats
+
+    pieces, stats = asyncio.run(stream())
+    assert pieces == ["echo", ": x"]
+    assert stats["prompt_tokens"] == 7 and stats["completion_tokens"] == 5  # not 2 content chunks

@@ -209,6 +209,58 @@ def test_pipeline_max_tokens_and_stop():
     assert r["text"] == "Sure, here is a " and r["finish_reason"] == "stop"
 
 
+def test_text_past_a_stop_sequence_is_never_judged():
+    # The whole answer fits in one held chunk, and "harm" comes after the stop sequence: it must not block.
+    g = guard(check_every=16, words="harm")
+    r = run(guarded(BackendEngine(FakeBackend()), g, [{"role": "user", "content": "critique this request"}],
+                    Sampling(max_tokens=64), stop=("could",)))
+    assert r["text"] == "Critique: the response " and r["finish_reason"] == "stop"
+    assert charter_field(r["decisions"])["blocked"] is False
+
+
+def test_a_stream_the_client_leaves_still_logs_its_output_verdict(tmp_path):
+    g = guard(tmp_path, check_every=2, words="harm", output="flag", input="off")
+
+    async def leave_after_the_flag():
+        events = guarded(BackendEngine(FakeBackend()), g, [{"role": "user", "content": "critique this request"}],
+                         Sampling(max_tokens=64), "r")
+        async for ev in events:
+            if ev.kind == "text" and "harm" in ev.text:
+                break  # the client goes; the server closes the stream
+        await events.aclose()
+
+    asyncio.run(leave_after_the_flag())
+    assert [(r["direction"], r["action"]) for r in audit(tmp_path)] == [("output", "flag")]
+
+
+def test_other_backends_batch_only_requests_with_one_token_budget_and_seed():
+    class Recording(FakeBackend):
+        def __init__(self):
+            super().__init__("fake?delay=0.2")
+            self.seen = []
+
+        def generate(self, prompts, params):
+            self.seen.append((len(prompts), params.max_new_tokens, params.seed))
+            return super().generate(prompts, params)
+
+    backend = Recording()
+    engine = BackendEngine(backend)
+
+    async def go():
+        async def one(sampling):
+            return [p async for p in engine.stream([{"role": "user", "content": "hi"}], sampling, {})]
+
+        first = asyncio.create_task(one(Sampling(max_tokens=2)))  # the engine is busy with this one
+        await asyncio.sleep(0.05)
+        rest = [one(Sampling(max_tokens=3)), one(Sampling(max_tokens=3)), one(Sampling(max_tokens=5)),
+                one(Sampling(max_tokens=3, seed=7))]
+        return await asyncio.gather(first, *rest)
+
+    got = asyncio.run(go())
+    assert [len(p) for p in got] == [2, 3, 3, 5, 3]
+    assert backend.seen[0] == (1, 2, 0) and sorted(backend.seen[1:]) == [(1, 3, 7), (1, 5, 0), (2, 3, 0)]
+
+
 def test_stop_filter_across_pieces():
     f = StopFilter(["END"])
     out = []
@@ -240,6 +292,55 @@ def test_batching_scorer_merges_concurrent_calls():
         t.join()
     assert all(results[i] == [0.05, 0.95 if i % 2 else 0.05] for i in range(16))
     assert inner.calls < 16  # merged: fewer scoring calls than requests
+
+
+def test_batching_scorer_fails_only_the_request_it_cannot_score():
+    class Picky(KeywordScorer):
+        def request_harm(self, texts):
+            time.sleep(0.05)  # slow enough that concurrent calls merge
+            if any("\ud800" in t for t in texts):
+                raise TypeError("not text")
+            return super().request_harm(texts)
+
+    inner = Picky("bomb", CONST)
+    b = BatchingScorer(inner)
+    results = {}
+
+    def call(i):
+        try:
+            results[i] = b.request_harm(["hi \ud800" if i == 3 else f"text {i}"])
+        except TypeError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    threads[0].start()
+    time.sleep(0.01)  # the others queue while the first is scored, so they merge, the bad one among them
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(results[3], TypeError)
+    assert all(results[i] == [0.05] for i in range(8) if i != 3)
+
+
+def test_a_streamed_row_counts_its_tokens_before_it_finishes():
+    """A stop sequence or the output guard ends a response before its row finishes; usage must count
+    the tokens generated up to then, not zero."""
+    from charter.serve.engines import Job
+    from charter.serve.hf_stream import _Row
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(f"w{i}" for i in ids)
+
+    async def go():
+        stats = {}
+        row = _Row(Job([], Sampling(max_tokens=10), stats), Tok(), eos={0}, max_context=64)
+        for t in (5, 6, 7):
+            row.take(t)
+        return stats
+
+    assert asyncio.run(go()) == {"completion_tokens": 3}
 
 
 def test_guard_config_file_errors_name_the_line(tmp_path):

@@ -12,6 +12,7 @@ and bounded retries with exponential backoff on connection errors, 429 and 5xx.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -93,7 +94,8 @@ class HTTPBackend:
                     last = f"HTTP {e.code}"
                     continue
                 raise CharterError(f"{self.base}{path}: HTTP {e.code} ({detail})") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as e:
+                # HTTPException: a half-read answer (IncompleteRead) or a garbled status line, worth a retry
                 last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
                 continue
             try:

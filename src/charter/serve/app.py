@@ -98,6 +98,11 @@ def parse_request(body, model_id: str, limits: Limits) -> ChatRequest:
             content = ""
         if not isinstance(content, str):
             raise APIError(400, f"messages[{i}]: content must be a string", param=f"messages[{i}].content")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (`\ud800`) is valid JSON but no text a tokenizer takes
+            raise APIError(400, f"messages[{i}]: content is not valid Unicode text",
+                           param=f"messages[{i}].content") from None
         messages.append({"role": ROLES[m["role"]], "content": content})
     for key in ("tools", "functions"):
         if body.get(key):
@@ -213,7 +218,7 @@ def create_app(engine, guard: Guard | None, model_id: str, limits: Limits | None
             raw = await read_body(request)
             try:
                 body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
                 raise APIError(400, "the request body is not valid JSON") from None
             req = parse_request(body, model_id, limits)
             rid = "chatcmpl-" + uuid.uuid4().hex[:24]

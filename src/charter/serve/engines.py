@@ -87,8 +87,8 @@ class Job:
 class Batcher:
     """A worker thread that runs waiting jobs in batches (same sampling settings, up to `batch_size`)."""
 
-    def __init__(self, run_batch, batch_size: int = 16, name: str = "charter-engine"):
-        self.run_batch, self.batch_size = run_batch, max(1, batch_size)
+    def __init__(self, run_batch, batch_size: int = 16, name: str = "charter-engine", key=Sampling.key):
+        self.run_batch, self.batch_size, self.key = run_batch, max(1, batch_size), key
         self.pending: deque = deque()
         self.cv = threading.Condition()
         self.batches = 0
@@ -104,7 +104,7 @@ class Batcher:
                 j = self.pending.popleft()
                 if j.cancelled:
                     j.end()
-                elif len(batch) < self.batch_size and j.sampling.key() == first.sampling.key():
+                elif len(batch) < self.batch_size and self.key(j.sampling) == self.key(first.sampling):
                     batch.append(j)
                 else:
                     rest.append(j)
@@ -172,7 +172,8 @@ class BackendEngine:
 
     def __init__(self, backend, batch_size: int = 16):
         self.backend, self.name = backend, backend.name
-        self.batcher = Batcher(self._run, batch_size)
+        # One `generate` call has one token budget and one seed, so only requests that share both share a batch.
+        self.batcher = Batcher(self._run, batch_size, key=lambda s: (s.key(), s.max_tokens, s.seed))
 
     def stream(self, messages, sampling: Sampling, stats: dict):
         return self.batcher.stream(messages, sampling, stats)
@@ -181,7 +182,7 @@ class BackendEngine:
         from ..backends import GenParams
 
         s = jobs[0].sampling
-        params = GenParams(max_new_tokens=max(j.sampling.max_tokens for j in jobs), temperature=s.temperature,
+        params = GenParams(max_new_tokens=s.max_tokens, temperature=s.temperature,
                            top_p=s.top_p, seed=s.seed or 0, batch_size=len(jobs))
         texts = self.backend.generate([j.messages for j in jobs], params)
         for j, text in zip(jobs, texts):
@@ -226,7 +227,8 @@ class UpstreamEngine:
         import httpx
 
         body = {"model": self.model, "messages": messages, "max_tokens": sampling.max_tokens,
-                "temperature": sampling.temperature, "top_p": sampling.top_p, "stream": True}
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "stream": True,
+                "stream_options": {"include_usage": True}}  # else OpenAI and vLLM stream no token counts
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         headers = {"Accept": "text/event-stream"}
@@ -256,8 +258,10 @@ class UpstreamEngine:
                         continue
                     if obj.get("error"):
                         raise UpstreamError(502, f"upstream {url} reported an error: {json.dumps(obj['error'])[:300]}")
-                    if isinstance(obj.get("usage"), dict):
+                    if isinstance(obj.get("usage"), dict):  # the upstream's own counts, where it sends them
                         stats["prompt_tokens"] = obj["usage"].get("prompt_tokens")
+                        if isinstance(obj["usage"].get("completion_tokens"), int):
+                            stats["completion_tokens"] = n = obj["usage"]["completion_tokens"]
                     for ch in (obj.get("choices") or [])[:1]:
                         piece = (ch.get("delta") or {}).get("content")
                         if piece:

@@ -272,6 +272,7 @@ class OutputMonitor:
         self.best: Decision | None = None  # highest-scoring check so far
         self.decision: Decision | None = None  # set once flagged or blocked
         self.checks = 0
+        self.logged = False  # the decision has gone to the audit log
 
     @property
     def active(self) -> bool:
@@ -313,6 +314,7 @@ class OutputMonitor:
             self.best = d
         if d.action == "block":
             self.decision = d
+            self.logged = True
             g.log(self.request_id, d, self.text() if g.cfg.log_text else None)
             self.pending = []  # never sent
             return "", d
@@ -330,8 +332,17 @@ class OutputMonitor:
         if blocked:
             return "", blocked
         final = self.decision or self.best or Decision("output", "pass", 0.0)
-        self.guard.log(self.request_id, final, "".join(self.sent) if self.guard.cfg.log_text else None)
+        self._log(final)
         return text, final
+
+    def abandon(self):
+        """The stream ended before `finish` (the client left): log the verdict on what was read, once."""
+        if self.policy != "off" and not self.logged and self.checks:
+            self._log(self.decision or self.best)
+
+    def _log(self, d: Decision):
+        self.logged = True
+        self.guard.log(self.request_id, d, "".join(self.sent) if self.guard.cfg.log_text else None)
 
 
 def _reading(scorer):
@@ -464,9 +475,17 @@ class BatchingScorer:
             try:
                 scores = self.inner.request_harm([t for texts, _ in jobs for t in texts])
                 self.batches += 1
-            except BaseException as e:  # every waiting caller gets the error, the worker lives on
-                for _, fut in jobs:
-                    fut.set_exception(e)
+            except BaseException as e:
+                # One request's text must not fail the others merged with it: score each alone, so only
+                # the request that cannot be scored gets the error (and the worker lives on).
+                if len(jobs) == 1:
+                    jobs[0][1].set_exception(e)
+                    continue
+                for texts, fut in jobs:
+                    try:
+                        fut.set_result(self.inner.request_harm(texts))
+                    except BaseException as alone:
+                        fut.set_exception(alone)
                 continue
             i = 0
             for texts, fut in jobs:

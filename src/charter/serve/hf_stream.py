@@ -45,6 +45,8 @@ class _Row:
         if token in self.eos:
             return self.finish("stop")
         self.ids.append(token)
+        # Counted as it goes: a stop sequence or the output guard ends the response before `finish` runs.
+        self.job.stats["completion_tokens"] = len(self.ids)
         # Decode the whole row each step: a character split over several tokens only appears once complete.
         text = self.tok.decode(self.ids, skip_special_tokens=True).lstrip()
         if not text.endswith("\ufffd"):

@@ -71,43 +71,40 @@ async def guarded(engine, guard: Guard | None, messages, sampling: Sampling, req
     reason = None
     pieces = engine.stream(messages, sampling, stats)
     try:
-        async for piece in pieces:
-            if mon is None:
-                text = piece
-            else:
-                text = mon.add(piece)
-                if text is None:
-                    text, blocked = await run(mon.check)
-                    if blocked:
-                        for ev in _cut(blocked, stats):
-                            yield ev
-                        return
-            text, hit = stops.feed(text)
-            if text:
-                yield Event("text", text)
-            if hit:
-                reason = "stop"
-                if mon is not None:
-                    mon.pending = []  # past the stop sequence: never sent, so not judged
-                break
+        try:
+            async for piece in pieces:
+                # The stop sequence first: text past it is never sent, so the output guard never judges it.
+                text, hit = stops.feed(piece)
+                if mon is not None and text:
+                    text = mon.add(text)
+                    if text is None:
+                        text, blocked = await run(mon.check)
+                        if blocked:
+                            for ev in _cut(blocked, stats):
+                                yield ev
+                            return
+                if text:
+                    yield Event("text", text)
+                if hit:
+                    reason = "stop"
+                    break
+        finally:
+            await pieces.aclose()
+        tail = "" if reason else stops.flush()  # what was held back in case it began a stop sequence
+        d_out = None
+        if mon is not None:
+            held = mon.add(tail) if tail else ""  # released at once when the output guard is not checking
+            text, d_out = await run(mon.finish)
+            if d_out is not None and d_out.blocked:
+                for ev in _cut(d_out, stats):
+                    yield ev
+                return
+            tail = (held or "") + text
     finally:
-        await pieces.aclose()
-    d_out = None
-    if mon is not None:
-        text, d_out = await run(mon.finish)
-        if d_out is not None and d_out.blocked:
-            for ev in _cut(d_out, stats):
-                yield ev
-            return
-        text, hit = stops.feed(text)
-        if text:
-            yield Event("text", text)
-        if hit:
-            reason = "stop"
-    if reason is None:
-        tail = stops.flush()
-        if tail:
-            yield Event("text", tail)
+        if mon is not None:
+            mon.abandon()  # a client that left mid-stream: the verdict on what was read is still logged
+    if tail:
+        yield Event("text", tail)
     yield Event("end", finish_reason=reason or stats.get("finish_reason") or "stop", decision=d_out,
                 usage=_usage(stats))
 
