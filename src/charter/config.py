@@ -359,15 +359,17 @@ class RunConfig(Section):
             raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
         return v
 
-    def hash(self) -> str:
-        """Hash of the settings that shape the records: values left at their defaults are left out, so a
-        charter release that adds a field (with a default) does not orphan existing run directories."""
+    def shaping(self) -> dict:
+        """The settings that shape the records, as they differ from the defaults: a charter release that adds
+        a field (with a default) does not change them, so existing run directories stay valid."""
         d = _changed(self.model_dump(), RunConfig().model_dump())
-        d.pop("executor", None)
-        d.pop("tracking", None)
-        d.pop("cache", None)
-        blob = json.dumps(d, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        for key in ("executor", "tracking", "cache"):
+            d.pop(key, None)
+        return d
+
+    def hash(self) -> str:
+        """Hash of `shaping()`."""
+        return hashlib.sha256(json.dumps(self.shaping(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _changed(d: dict, default: dict) -> dict:

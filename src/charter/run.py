@@ -31,6 +31,38 @@ STAGES = ["supervise", "generate", "revise", "sft", "pairs", "label", "dpo", "rl
 TRAINED = ["sft", "dpo", "rl"]  # stages that train a model, saved as models/<stage>
 
 
+# The first stage that reads each config section. A change anywhere else (the model, the seed, the pools, the
+# precision, the system prompt) reaches the first stage; `device` changes no record.
+READS = {"supervisor": "supervise", "generate": "generate", "revise": "revise", "sft": "sft", "pairs": "pairs",
+         "dpo": "dpo", "rl": "rl", "cast": "cast", "evaluate": "evaluate", "device": None}
+
+
+def first_changed(old: dict, new: RunConfig, stages: list[str]) -> tuple[str, str] | None:
+    """(the earliest of `stages` that a change from config `old`, a manifest's, to `new` reaches; the key
+    that changed), or None when nothing that shapes the records changed."""
+    from .config import _changed
+
+    a = {k: v for k, v in _changed(old, RunConfig().model_dump()).items() if k not in ("executor", "tracking", "cache")}
+    b = new.shaping()
+    hits = []
+    for key in set(a) | set(b):
+        x, y = a.get(key), b.get(key)
+        if x == y or READS.get(key, "") is None:
+            continue
+        subs = sorted(k for k in {*(x or {}), *(y or {})} if (x or {}).get(k) != (y or {}).get(k)) if isinstance(
+            x or y, dict) else []
+        stage = READS.get(key, STAGES[0])
+        if key == "dpo" and "enabled" in subs:
+            stage = "pairs"  # pairs, label and dpo join or leave the pipeline
+        reach = [i for i, s in enumerate(stages) if STAGES.index(s) >= STAGES.index(stage)]
+        if reach:
+            hits.append((reach[0], ".".join([key, *subs[:1]])))
+    if not hits:
+        return None
+    i, key = min(hits)
+    return stages[i], key
+
+
 def pipeline(cfg: RunConfig) -> list[str]:
     """The stages this config runs, in order: `dpo.enabled` brings pairs, label and dpo; `rl.enabled`, rl;
     `cast.enabled`, cast."""
@@ -235,6 +267,12 @@ class Run:
             stages = pipeline(self.cfg)
             if restart not in stages:
                 raise CharterError(f"--restart: unknown stage {restart!r} (stages: {', '.join(stages)})")
+            hit = None if same else (
+                (stages[0], "the constitution") if self.manifest.get("constitution_hash") not in (
+                    None, self.constitution.hash) else first_changed(self.manifest.get("config") or {}, self.cfg, stages))
+            if hit and stages.index(restart) > stages.index(hit[0]):  # else the manifest would misstate what ran
+                raise CharterError(f"--restart {restart}: {hit[1]} changed, which the {hit[0]} stage reads; restart "
+                                   f"from {hit[0]} or earlier, so that every output matches the recorded config")
             for s in stages[stages.index(restart):]:
                 self.reset(s)
             self.manifest.pop("final_model", None)  # set again once the restarted stages have trained it

@@ -183,3 +183,26 @@ def test_a_run_with_a_relative_constitution_opens_from_anywhere(tmp_path, capsys
     monkeypatch.chdir(tmp_path)
     run = Run.open(proj / "r")  # as `charter eval/serve/export proj/r` read it
     assert run.constitution.path == str(proj / "mine.yaml") and run.constitution.name
+
+
+def test_restart_must_begin_where_the_change_is_first_read(tmp_path):
+    from charter.config import load_config
+    from charter.errors import CharterError
+    from charter.run import Run
+
+    def at(*overrides):
+        return Run(load_config(None, ["model=fake", *overrides]), tmp_path / "r")
+
+    first = at()
+    first.dir.mkdir()
+    first.manifest.update(config=first.cfg.model_dump(), config_hash=first.cfg.hash(),
+                          constitution_hash=first.constitution.hash)
+    first.save_manifest()
+    with pytest.raises(CharterError, match=r"--restart evaluate: generate.temperature changed, which the generate "
+                                           r"stage reads; restart from generate or earlier"):
+        at("generate.temperature=0.3").check_compatible(restart="evaluate")
+    with pytest.raises(CharterError, match="the constitution changed, which the supervise stage reads"):
+        at("constitution=small").check_compatible(restart="sft")
+    at("evaluate.limit=3", "device=cpu").check_compatible(restart="evaluate")  # evaluate reads it; device no record
+    # With DPO off, its stages leave the pipeline: the change reaches the next stage there, rl.
+    at("dpo.enabled=false", "rl.enabled=true").check_compatible(restart="rl")
