@@ -36,17 +36,22 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader, node):
-    loader.flatten_mapping(node)
+    written = sum(k.tag != "tag:yaml.org,2002:merge" for k, _ in node.value)
+    loader.flatten_mapping(node)  # `<<: *anchor` keys go first; the mapping's own keys then override them
+    merged = len(node.value) - written
     out = LineDict()
     out.file = loader.name
     out.line = node.start_mark.line + 1
     out.lines = {}
-    for key_node, value_node in node.value:
+    own = set()
+    for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
             raise CharterError(f"{where(loader.name, key_node.start_mark.line + 1)}: mapping keys must be plain scalars")
-        if key in out:
-            raise CharterError(f"{where(loader.name, key_node.start_mark.line + 1)}: duplicate key {key!r}")
+        if i >= merged:
+            if key in own:
+                raise CharterError(f"{where(loader.name, key_node.start_mark.line + 1)}: duplicate key {key!r}")
+            own.add(key)
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = key_node.start_mark.line + 1
     return out

@@ -121,3 +121,12 @@ def test_stages_option_keeps_overrides(monkeypatch):
     monkeypatch.setattr(cli, "cmd_run", lambda a: seen.update(stages=a.stages, overrides=a.overrides))
     assert cli.main(["run", "c.yaml", "--out", "d", "--stages", "sft", "dpo", "seed=3", "sft.lr=1e-4"]) == 0
     assert seen == {"stages": ["sft", "dpo"], "overrides": ["seed=3", "sft.lr=1e-4"]}
+
+
+def test_yaml_merge_keys_may_be_overridden_but_own_keys_not_repeated():
+    from charter.yamlio import loads_yaml
+
+    text = "shared: &s {batch_size: 8, max_new_tokens: 32}\ngenerate: {<<: *s, batch_size: 16}\n"
+    assert loads_yaml(text, "c.yaml")["generate"] == {"batch_size": 16, "max_new_tokens": 32}
+    with pytest.raises(CharterError, match=r"c.yaml:2: duplicate key 'batch_size'"):
+        loads_yaml("generate:\n  {<<: {max_new_tokens: 3}, batch_size: 8, batch_size: 16}\n", "c.yaml")
