@@ -303,6 +303,20 @@ class Run:
                     p.unlink()
         self.manifest.setdefault("stages", {})[stage] = {"status": "pending"}
 
+    def record_setup(self, versions: dict, precision: str):
+        """Set the package versions and resolved precision; a run resumed under others keeps the earlier
+        ones, with the stages they made, in `earlier_setups`, so no finished stage is credited to a setup
+        it did not run on."""
+        before = {"versions": self.manifest.get("versions"), "precision": self.manifest.get("precision")}
+        done = [s for s, i in (self.manifest.get("stages") or {}).items() if i.get("status") == "done"]
+        if before["versions"] and before != {"versions": versions, "precision": precision} and done:
+            known = [e["stages"] for e in self.manifest.get("earlier_setups", [])]
+            self.manifest.setdefault("earlier_setups", []).append(
+                {**before, "stages": [s for s in done if not any(s in k for k in known)]})
+            log.warning("resuming under other package versions or precision than the finished stages ran "
+                        "under; the manifest keeps theirs in earlier_setups")
+        self.manifest.update(versions=versions, precision=precision)
+
     def execute(self, stages=None, restart=None):
         if self.dir.exists() and not self.dir.is_dir():
             raise CharterError(f"--out {self.dir}: a file, not a directory")
@@ -311,11 +325,12 @@ class Run:
         if created:  # readable by whoever serves or exports the run; a folder the user made keeps its mode
             os.chmod(self.dir, 0o755)
         self.check_compatible(restart)
+        self.record_setup(_versions(), self.precision())
         self.manifest.update(
             charter_run=1, config=self.cfg.model_dump(), config_hash=self.cfg.hash(),
             constitution={"name": self.constitution.name, "version": self.constitution.version,
                           "path": self.constitution.path, "sha256": self.constitution.sha256},
-            constitution_hash=self.constitution.hash, versions=_versions(), precision=self.precision())
+            constitution_hash=self.constitution.hash)
         if self.force:
             self.manifest["forced"] = True
         self.save_manifest()

@@ -206,3 +206,18 @@ def test_restart_must_begin_where_the_change_is_first_read(tmp_path):
     at("evaluate.limit=3", "device=cpu").check_compatible(restart="evaluate")  # evaluate reads it; device no record
     # With DPO off, its stages leave the pipeline: the change reaches the next stage there, rl.
     at("dpo.enabled=false", "rl.enabled=true").check_compatible(restart="rl")
+
+
+def test_a_run_resumed_under_other_versions_keeps_the_earlier_setup(tmp_path):
+    from charter.config import load_config
+    from charter.run import Run
+
+    run = Run(load_config(None, ["model=fake"]), tmp_path / "r")
+    run.record_setup({"torch": "2.13.0"}, "bfloat16")
+    run.manifest["stages"] = {"supervise": {"status": "done"}, "generate": {"status": "running"}}
+    run.record_setup({"torch": "2.13.0"}, "bfloat16")  # resumed on the same setup: nothing to keep
+    assert "earlier_setups" not in run.manifest
+    run.record_setup({"torch": "2.14.1"}, "float32")
+    assert run.manifest["earlier_setups"] == [{"versions": {"torch": "2.13.0"}, "precision": "bfloat16",
+                                               "stages": ["supervise"]}]
+    assert run.manifest["versions"] == {"torch": "2.14.1"} and run.manifest["precision"] == "float32"
