@@ -105,3 +105,56 @@ def test_missing_capability_suite_names_path_and_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CharterError, match=r"'mmlu': not found at .* and the hub dataset 'cais/mmlu'"):
         evaluate_capability(get_backend("fake"), "mmlu", tmp_path / "x.jsonl")
+
+
+def test_a_whole_function_reply_keeps_the_prompts_imports_and_any_fence():
+    prompt = 'from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    """Sum of xs."""\n'
+    reply = "```py\ndef total(xs: List[int]) -> int:\n    return sum(xs)\n```\nThis adds them up."
+    program = _code_from(reply, prompt)
+    assert "This adds" not in program
+    assert run_python(program + "\nassert total([1, 2]) == 3\n").ok
+
+
+class Answers:
+    """A backend that gives one fixed answer to every prompt."""
+    name = "answers"
+
+    def __init__(self, text):
+        self.text = text
+
+    def generate(self, prompts, params):
+        return [self.text] * len(prompts)
+
+
+def test_a_program_that_exits_before_its_tests_does_not_pass(tmp_path, monkeypatch):
+    from charter.evals.capability import evaluate_capability
+
+    suite = tmp_path / "he.jsonl"
+    suite.write_text(json.dumps({"task_id": "t/0", "prompt": "def add(a, b):\n", "entry_point": "add",
+                                 "test": "def check(f):\n    assert f(1, 2) == 3\n"}) + "\n")
+    monkeypatch.setenv("CHARTER_HUMANEVAL", str(suite))
+    quits = Answers("```python\nimport sys\ndef add(a, b):\n    return 0\nsys.exit(0)\n```")
+    assert evaluate_capability(quits, "humaneval", tmp_path / "a.jsonl")["score"] == 0.0
+    right = Answers("```python\ndef add(a, b):\n    return a + b\n```")
+    assert evaluate_capability(right, "humaneval", tmp_path / "b.jsonl")["score"] == 1.0
+
+
+def test_gsm8k_demonstrations_drop_the_calculator_notes(tmp_path, monkeypatch):
+    from charter.evals.capability import gsm8k_items
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": "How many?", "answer": "She sold 48/2 = <<48/2=24>>24 clips.\n#### 24"})
+                    + "\n")
+    monkeypatch.setenv("CHARTER_GSM8K", str(data))
+    shot = gsm8k_items(shots=1)[0]["messages"][1]["content"]
+    assert shot == "She sold 48/2 = 24 clips.\n#### 24"
+
+
+def test_harmbench_validation_has_no_hub_fallback(tmp_path, monkeypatch):
+    """The hub copy holds HarmBench's test behaviours too, which must never choose the supervisor's threshold."""
+    from charter.errors import CharterError
+    from charter.evals.suites import load_suite
+
+    monkeypatch.setenv("CHARTER_SHARED_DATA", str(tmp_path))
+    with pytest.raises(CharterError, match=r"'harmbench-val': not found at .*\(set CHARTER_SHARED_DATA\)$"):
+        load_suite("harmbench-val")

@@ -79,16 +79,28 @@ def gsm8k_items(limit=None, shots=4):
     few = []
     for ex in train[:shots]:
         few += [{"role": "user", "content": ex["question"]},
-                {"role": "assistant", "content": ex["answer"].replace("<<", "").replace(">>", "")}]
+                {"role": "assistant", "content": re.sub(r"<<[^>]*>>", "", ex["answer"])}]  # calculator notes out
     items = [{"id": f"gsm8k-{i}", "messages": few + [{"role": "user", "content": ex["question"]}],
               "target": final_number(ex["answer"])} for i, ex in enumerate(test)]
     return items[:limit] if limit else items
 
 
 def _code_from(text: str, prompt: str) -> str:
-    m = re.search(r"```(?:python)?\n(.*?)(?:```|$)", text, re.S)
+    """The program to test: the prompt (its imports and helpers), then the reply's code, which either
+    continues the prompt's function or defines it again whole (the later definition wins)."""
+    m = re.search(r"```[\w+-]*\n(.*?)(?:```|$)", text, re.S)  # ```python, ```py, ```Python3 or bare
     code = m.group(1) if m else text
-    return code if "def " in code else prompt + code
+    if "def " not in code:
+        return prompt + code
+    whole = prompt + "\n" + code
+    try:
+        compile(whole, "<reply>", "exec")  # a prompt that ends in a bare signature cannot stand before it
+    except SyntaxError:
+        return code
+    return whole
+
+
+PASSED = "__charter_tests_passed__"  # printed after the tests: a program that exits early never prints it
 
 
 def humaneval_items(limit=None):
@@ -119,6 +131,7 @@ def choice_items(name: str, limit=None):
         body = q.strip() + "\n" + "\n".join(f"{LETTERS[k]}. {c}" for k, c in enumerate(choices))
         items.append({"id": f"{name}-{i}", "messages": [{"role": "user", "content": body + "\nAnswer with a letter."}],
                       "answer": answer})
+    random.Random(0).shuffle(items)  # MMLU's rows run subject by subject: a first N would be one subject
     return items[:limit] if limit else items
 
 
@@ -127,7 +140,8 @@ def mbpp_items(limit=None):
     items = [{"id": f"mbpp-{r.get('task_id', i)}", "messages": [{"role": "user", "content":
               f"{r.get('prompt') or r.get('text')}\nYour code should pass this test:\n{r['test_list'][0]}\n"
               "Reply with the Python code in a ```python code block."}],
-              "prompt": "", "test": "\n".join(r["test_list"]), "entry_point": None} for i, r in enumerate(rows)]
+              "prompt": "", "test": "\n".join([*(r.get("test_imports") or []), *r["test_list"]]),
+              "entry_point": None} for i, r in enumerate(rows)]
     return items[:limit] if limit else items
 
 
@@ -155,10 +169,10 @@ def evaluate_capability(backend, name: str, out_path, limit=None, max_new_tokens
                 recs.append({"id": it["id"], "response": text, "pred": pred, "target": it["target"], "ok": ok})
             else:
                 check = f"\n\ncheck({it['entry_point']})\n" if it["entry_point"] else "\n"
-                program = _code_from(text, it["prompt"]) + "\n\n" + it["test"] + check
+                program = _code_from(text, it["prompt"]) + "\n\n" + it["test"] + check + f"\nprint({PASSED!r})\n"
                 res = run_python(program, timeout_s=10, cpu_s=10, mem_mb=1024)
-                recs.append({"id": it["id"], "response": text, "ok": res.ok, "timed_out": res.timed_out,
-                             "error": res.stderr[-300:]})
+                recs.append({"id": it["id"], "response": text, "ok": res.ok and PASSED in res.stdout,
+                             "timed_out": res.timed_out, "error": res.stderr[-300:]})
         records.append(out_path, recs)
     wanted = {it["id"] for it in items}
     rows = [r for r in records.read(out_path) if r["id"] in wanted]

@@ -21,7 +21,8 @@ SOURCES = {
     "strongreject": ("strongreject/strongreject_dataset.csv", "walledai/StrongREJECT", "train"),
     "harmbench": ("harmbench/harmbench_behaviors_text_test.csv", "walledai/HarmBench", "standard"),
     # HarmBench's validation behaviours: what the supervisor's threshold is chosen on (never its test split).
-    "harmbench-val": ("harmbench/harmbench_behaviors_text_val.csv", "walledai/HarmBench", "standard"),
+    # No hub fallback: the hub copy holds the test behaviours too, which must never choose a setting.
+    "harmbench-val": ("harmbench/harmbench_behaviors_text_val.csv", None, None),
     "advbench": ("advbench/harmful_behaviors.csv", "walledai/AdvBench", "train"),
 }
 
@@ -32,6 +33,8 @@ def _raw(name: str) -> list[dict]:
     if local.exists():
         with open(local, newline="") as f:
             return list(csv.DictReader(f))
+    if hub is None:
+        raise CharterError(f"suite {name!r}: not found at {local} (set CHARTER_SHARED_DATA)")
     try:
         import datasets
 
