@@ -70,6 +70,8 @@ def test_compare_writes_tables_and_caches(tmp_path, monkeypatch):
     assert "<table>" in (tmp_path / "out" / "table.html").read_text()
     compare(["fake", "fake:b"], [str(prompts)], tmp_path / "out")
     assert sum(calls) == first  # everything came from the cache
+    compare(["fake"], [str(prompts)], tmp_path / "out", max_new_tokens=32)
+    assert sum(calls) == first + 6  # answers of another length are generated, not reused
 
 
 def test_a_run_directory_stands_for_its_final_model(tmp_path):
