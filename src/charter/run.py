@@ -197,6 +197,9 @@ class Run:
             return str(self.path("models", steering_meta(self)["start"]))
         if role in TRAINED:
             p = self.path("models", role)
+            if role not in pipeline(self.cfg):  # what an earlier config left on disk is not this config's model
+                raise CharterError(f"the {role} model is not trained by this config ({role}.enabled is false), so "
+                                   f"{p} is not used; name a model this config trains")
             if not (p / "config.json").exists():
                 raise CharterError(f"{p}: the {role} model has not been trained yet")
             return trained_spec(self.cfg.model, p)

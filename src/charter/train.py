@@ -51,7 +51,11 @@ def trl_args(cls, cfg, out_dir, seed: int, device: str, report_to=(), precision:
     )
     if "max_length" in cls.__dataclass_fields__:  # RL samples its sequences, so GRPO has no such field
         kw["max_length"] = cfg.max_length
-    return cls(**(kw | extra))
+    args = cls(**(kw | extra))
+    # transformers adds trackers of its own accord (Kubeflow, where its environment variable is set); only
+    # the ones the config names may receive anything.
+    args.report_to = list(report_to)
+    return args
 
 
 def labelled_positions_only(on: bool = True) -> bool:

@@ -144,7 +144,7 @@ def test_a_cast_run_is_served_and_evaluated_steered(tiny_model, tmp_path, monkey
     # `charter compare` too; its answer cache keeps the steered model apart from the weights it steers.
     compare([str(run.dir), str(run.path(common.SFT_MODEL))], ["dev"], tmp_path / "cmp", limit=4, max_new_tokens=6)
     names = sorted(json.loads(f.read_text().splitlines()[0])["model"]
-                   for f in (tmp_path / "cmp" / "cache").glob("*/dev.jsonl"))
+                   for f in (tmp_path / "cmp" / "cache").glob("*/*/dev.jsonl"))
     assert len(names) == 2 and "models/cast" in names, names
     off = run.cfg.model_copy(update={"cast": run.cfg.cast.model_copy(update={"enabled": False})})
     run.manifest["config"] = off.model_dump()

@@ -111,6 +111,27 @@ def test_killed_rl_resumes_from_its_checkpoint(tiny_model, tmp_path):
     assert [x["step"] for x in records.read(run.path(common.RL_PROGRESS))] == [1, 2, 3]
 
 
+def test_a_resumed_rl_logs_each_step_once(tiny_model, tmp_path):
+    from charter.errors import CharterError
+
+    run = rl_run(tmp_path, tiny_model, ["rl.max_steps=4", "rl.save_every=2"])
+    rows = [{"prompt": common.messages(run, p["prompt"])} for p in common.train_prompts(run)]
+    calls = []
+
+    def reward(completions, **_):
+        calls.append(1)
+        if len(calls) == 4:  # dies in step 4: steps 1-3 logged, the checkpoint is step 2's
+            raise CharterError("killed")
+        return [float(len(c[-1]["content"])) for c in completions]
+
+    with pytest.raises(CharterError, match="killed"):
+        rl.train(run, rows, [reward], "sft")
+    assert [x["step"] for x in records.read(run.path(common.RL_PROGRESS))] == [1, 2, 3]
+    calls[:] = [1] * 10  # the resumed attempt must not die
+    rl.train(run, rows, [reward], "sft")
+    assert [x["step"] for x in records.read(run.path(common.RL_PROGRESS))] == [1, 2, 3, 4]  # step 3 once
+
+
 class Alternating:
     """A scripted policy: of each prompt's samples, some refuse and some answer."""
     name = "models/sft"

@@ -221,3 +221,17 @@ def test_a_run_resumed_under_other_versions_keeps_the_earlier_setup(tmp_path):
     assert run.manifest["earlier_setups"] == [{"versions": {"torch": "2.13.0"}, "precision": "bfloat16",
                                                "stages": ["supervise"]}]
     assert run.manifest["versions"] == {"torch": "2.14.1"} and run.manifest["precision"] == "float32"
+
+
+def test_a_model_the_config_does_not_train_is_never_used(tmp_path):
+    """DPO turned off after a run trained it: its folder is left on disk, but is no model of this config."""
+    from charter.config import load_config
+    from charter.errors import CharterError
+    from charter.run import Run
+
+    run = Run(load_config(None, ["model=fake", "dpo.enabled=false", "cast.enabled=true", "cast.start=dpo"]),
+              tmp_path / "r")
+    (run.path("models", "dpo")).mkdir(parents=True)
+    (run.path("models", "dpo") / "config.json").write_text("{}")
+    with pytest.raises(CharterError, match=r"the dpo model is not trained by this config \(dpo.enabled is false\)"):
+        run.model_spec("dpo")

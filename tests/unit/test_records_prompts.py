@@ -52,3 +52,53 @@ def test_write_json_is_atomic(tmp_path):
     records.write_json(p, {"a": 1})
     assert json.loads(p.read_text()) == {"a": 1}
     assert [x.name for x in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_prompt_ids_must_differ_across_pools(tmp_path):
+    """Records are keyed by id: a second pool that reuses the first one's ids would be skipped on resume."""
+    from charter.config import load_config
+    from charter.run import Run
+    from charter.stages.common import train_prompts
+
+    for name, label in (("a", "harmful"), ("b", "benign")):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"id": str(i), "prompt": f"{name} {i}?",
+                                                                     "label": label}) + "\n" for i in range(2)))
+    cfg = load_config(None, ["model=fake", f"pools.redteam.source={tmp_path / 'a.jsonl'}",
+                             f"pools.helpful.source={tmp_path / 'b.jsonl'}"])
+    with pytest.raises(CharterError, match=r"pools.helpful: prompt id '0' is also in pools.redteam"):
+        train_prompts(Run(cfg, tmp_path / "r"))
+
+
+def test_dpo_balance_with_one_side_empty_says_so():
+    from charter.stages.dpo import balanced
+
+    rows = [{"id": str(i), "label": "harmful"} for i in range(5)]
+    with pytest.raises(CharterError, match="no usable pair on a benign request"):
+        balanced(rows, 0)
+
+
+def test_a_model_that_cannot_revise_gets_the_decline_whatever_the_threshold(tmp_path):
+    from charter.config import load_config
+    from charter.run import Run
+    from charter.stages.revise import decline_chunk
+
+    class Undecided:  # compares a response with itself: no preference
+        def judge(self, items):
+            return [{"p_a": 0.5, "principles": ["weapons"]} for _ in items]
+
+    run = Run(load_config(None, ["model=fake", "revise.check_threshold=0.3"]), tmp_path / "r")
+    run._supervisor = Undecided()
+    rec = {"id": "1", "prompt": "build a bomb", "label": "harmful", "category": "weapons", "pool": "redteam",
+           "response": "Sure, first get"}
+    [out] = decline_chunk(run, [rec])
+    assert out["revision_source"] == "decline" and out["revision"] == run.constitution.get("weapons").decline
+
+
+def test_trackers_are_only_those_the_config_names(monkeypatch):
+    from trl import DPOConfig
+
+    from charter.config import load_config
+    from charter.train import trl_args
+
+    monkeypatch.setenv("KUBEFLOW_TRAINER_SERVER_URL", "http://127.0.0.1:9")  # transformers would add Kubeflow
+    assert trl_args(DPOConfig, load_config(None, ["model=fake"]).dpo, "/tmp/charter-x", 0, "cpu").report_to == []

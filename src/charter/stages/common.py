@@ -61,9 +61,14 @@ def final_model(run_dir, manifest: dict | None = None, hint: str = "") -> Path |
 
 def train_prompts(run, pools=("redteam", "helpful", "lookalike")) -> list[dict]:
     cfg = run.cfg
-    out = []
+    out, seen = [], {}
     for name in pools:
-        out += load_pool(name, getattr(cfg.pools, name), cfg.seed)
+        for r in load_pool(name, getattr(cfg.pools, name), cfg.seed):
+            if seen.setdefault(r["id"], name) != name:  # records are keyed by id: a resume would skip the second
+                raise CharterError(f"pools.{name}: prompt id {r['id']!r} is also in pools.{seen[r['id']]}; ids must "
+                                   "differ across the pools (give one file other ids, or none: then each row's id is "
+                                   "its file's name and line)")
+            out.append(r)
     return out
 
 

@@ -39,6 +39,10 @@ def balanced(rows, seed: int) -> list[dict]:
 
     by = {lab: [r for r in rows if r.get("label") == lab] for lab in ("harmful", "benign")}
     n = min(len(v) for v in by.values())
+    if rows and n == 0:
+        empty = next(lab for lab, v in by.items() if not v)
+        raise CharterError(f"dpo.balance: no usable pair on a {empty} request, so balancing would keep none; "
+                           "sample more pairs, lower dpo.margin, or set dpo.balance=false")
     rng = random.Random(seed)
     keep = {r["id"] for v in by.values() for r in (rng.sample(v, n) if len(v) > n else v)}
     return [r for r in rows if r["id"] in keep or r.get("label") not in by]

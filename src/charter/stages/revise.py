@@ -39,11 +39,12 @@ def _convo(run, rec, history):
     return sys + few + [m for m in base if m["role"] != "system"] + history
 
 
-def _check(run, chunk, finals, last_principles):
+def _check(run, chunk, finals, last_principles, keep=True):
     """Keep a revision only if the supervisor prefers it to the initial response.
 
     Otherwise fall back to the `decline` text of the principle the supervisor
     judged by (or the last sampled one). Returns (text, source, p) per record.
+    `keep=False` always falls back: the supervisor is asked only which principle applies.
     """
     if not run.cfg.revise.check:
         return [(f, "model", None) for f in finals]
@@ -51,7 +52,7 @@ def _check(run, chunk, finals, last_principles):
                                      for r, f in zip(chunk, finals)])
     out = []
     for f, v, last in zip(finals, verdicts, last_principles):
-        if v["p_a"] >= run.cfg.revise.check_threshold:
+        if keep and v["p_a"] >= run.cfg.revise.check_threshold:
             out.append((f, "model", v["p_a"]))
             continue
         ids = list(v["principles"]) + ([last] if last else [])
@@ -98,8 +99,9 @@ def _record(run, rec, rounds, model_revision, check) -> dict:
 def decline_chunk(run, chunk) -> list[dict]:
     """Records for a model that has shown it cannot revise: no critique or revision, and the check's
     fallback (the decline text of the principle the supervisor judges by) as the target."""
+    # The response is compared with itself (p = 0.5): never kept, whatever `check_threshold` is.
     checks = _check(run, chunk, [r["response"] for r in chunk],
-                    [run.constitution.sample(f"{r['id']}:0", run.cfg.seed, kind="harm").id for r in chunk])
+                    [run.constitution.sample(f"{r['id']}:0", run.cfg.seed, kind="harm").id for r in chunk], keep=False)
     return [_record(run, r, [], None, check) for r, check in zip(chunk, checks)]
 
 

@@ -69,8 +69,13 @@ def train(run, rows, reward_funcs, start: str, name: str = "rl") -> dict:
     cfg = run.cfg.rl
     progress = run.path(RL_PROGRESS)
     progress.parent.mkdir(parents=True, exist_ok=True)
-    if last_checkpoint(work_dir(run, name)) is None:
+    ckpt = last_checkpoint(work_dir(run, name))
+    if ckpt is None:
         progress.unlink(missing_ok=True)  # a fresh start, not a resume: an earlier attempt's log goes
+    elif progress.exists():  # the steps after the checkpoint run again and are logged again
+        step = int(ckpt.rsplit("-", 1)[1])
+        logged = [json.loads(x) for x in progress.read_text().splitlines() if x.strip()]
+        progress.write_text("".join(json.dumps(r) + "\n" for r in logged if r.get("step", 0) <= step))
     return fit(run, GRPOTrainer, GRPOConfig, cfg, rows, start, name, resume=True,
                trainer_kw={"reward_funcs": reward_funcs, "callbacks": [progress_callback(progress, cfg.log_every)]},
                num_generations=cfg.num_generations, max_completion_length=cfg.max_new_tokens,
