@@ -360,16 +360,22 @@ class RunConfig(Section):
         return v
 
     def shaping(self) -> dict:
-        """The settings that shape the records, as they differ from the defaults: a charter release that adds
-        a field (with a default) does not change them, so existing run directories stay valid."""
-        d = _changed(self.model_dump(), RunConfig().model_dump())
-        for key in ("executor", "tracking", "cache"):
-            d.pop(key, None)
-        return d
+        """`shaping` of this config."""
+        return shaping(self.model_dump())
 
     def hash(self) -> str:
         """Hash of `shaping()`."""
         return hashlib.sha256(json.dumps(self.shaping(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shaping(dump: dict) -> dict:
+    """The settings of a config dump (`RunConfig.model_dump()`, or a manifest's `config`) that shape the
+    records, as they differ from the defaults: a charter release that adds a field (with a default) does not
+    change them, so existing run directories stay valid. Where records are computed and tracked does not."""
+    d = _changed(dump, RunConfig().model_dump())
+    for key in ("executor", "tracking", "cache"):
+        d.pop(key, None)
+    return d
 
 
 def _changed(d: dict, default: dict) -> dict:

@@ -40,18 +40,17 @@ READS = {"supervisor": "supervise", "generate": "generate", "revise": "revise", 
 def first_changed(old: dict, new: RunConfig, stages: list[str]) -> tuple[str, str] | None:
     """(the earliest of `stages` that a change from config `old`, a manifest's, to `new` reaches; the key
     that changed), or None when nothing that shapes the records changed."""
-    from .config import _changed
+    from .config import shaping
 
-    a = {k: v for k, v in _changed(old, RunConfig().model_dump()).items() if k not in ("executor", "tracking", "cache")}
-    b = new.shaping()
+    a, b = shaping(old), new.shaping()
     hits = []
     for key in set(a) | set(b):
         x, y = a.get(key), b.get(key)
-        if x == y or READS.get(key, "") is None:
+        stage = READS.get(key, STAGES[0])
+        if x == y or stage is None:
             continue
         subs = sorted(k for k in {*(x or {}), *(y or {})} if (x or {}).get(k) != (y or {}).get(k)) if isinstance(
             x or y, dict) else []
-        stage = READS.get(key, STAGES[0])
         if key == "dpo" and "enabled" in subs:
             stage = "pairs"  # pairs, label and dpo join or leave the pipeline
         reach = [i for i, s in enumerate(stages) if STAGES.index(s) >= STAGES.index(stage)]

@@ -71,13 +71,14 @@ def compare(models, suites, out, limit=None, max_new_tokens=96, batch_size=16, d
         backend = open_model(spec, device)  # a run directory: steered if its cast stage ran
         key = getattr(backend, "cache_key", None) or model_key(model)
         for suite, rows in loaded.items():
+            tokens = max(max_new_tokens, 256) if rows is None else max_new_tokens  # capability: room to answer
             # Answers of another length, or rows scored without the harm scorer, are not reused.
-            made = f"tokens{max(max_new_tokens, 256) if rows is None else max_new_tokens}" + (
+            made = f"tokens{tokens}" + (
                 f"-harm-{getattr(harm, 'name', 'harm')}" if harm is not None and rows is not None else "")
             path = out / "cache" / key / made / f"{Path(suite).stem}.jsonl"
             results[Path(suite).stem][label] = (
-                evaluate_capability(backend, suite, path, limit, max(max_new_tokens, 256), batch_size) if rows is None
-                else evaluate(backend, rows, path, max_new_tokens, batch_size, desc=f"{label} / {suite}", harm=harm))
+                evaluate_capability(backend, suite, path, limit, tokens, batch_size) if rows is None
+                else evaluate(backend, rows, path, tokens, batch_size, desc=f"{label} / {suite}", harm=harm))
         del backend
     rows = measure_rows(results, labels, by_category)
     write_tables(rows, labels, out)
